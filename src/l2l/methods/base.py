@@ -1,0 +1,57 @@
+"""The one interface every semi-supervised method implements, so a table of methods is a loop over names.
+
+A `Method` owns everything that trains besides the student's own optimiser: the EMA teacher, the RPLE
+policy and its optimiser, the proposal bank it evolves. The `Trainer` (l2l.training) owns the loop, the
+student optimiser/scheduler, checkpoints and distribution, and calls the hooks below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepOutput:
+    """What one training step returns: the loss to back-propagate and scalars to log."""
+
+    loss: torch.Tensor
+    logs: dict[str, float]
+
+
+class Method:
+    """Base class; subclasses set `name`, the data they need, and implement `train_step`."""
+
+    name: ClassVar[str] = "base"
+    needs_unlabelled: ClassVar[bool] = False  # trainer provides batch_u when True
+    needs_proposals: ClassVar[bool] = False  # batches carry `proposal`/`has_proposal` when True
+    uses_proposals_at_eval: ClassVar[bool] = False  # evaluate "with priors" as the main mode
+
+    def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
+        self.model = model
+        self.cfg = dict(cfg)
+        self.total_steps = max(1, int(total_steps))
+        self.bank = bank
+
+    def train_step(self, batch_l: dict, batch_u: dict | None, step: int) -> StepOutput:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Called after each student update (EMA teacher update lives here)."""
+
+    def on_epoch_end(self, epoch: int, context: dict[str, Any]) -> dict[str, float]:
+        """Called on every rank after each epoch (self-evolution lives here); returns scalars to log."""
+        return {}
+
+    def eval_model(self) -> nn.Module:
+        """The network to evaluate and save (the EMA teacher for teacher-student methods)."""
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (resume)."""
