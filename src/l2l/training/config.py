@@ -1,0 +1,250 @@
+"""Training configuration: one YAML file plus dotted `key=value` overrides, checked against the defaults.
+
+The resolved config is a plain nested dict (JSON/YAML-able, no pickles) with five sections:
+
+- `seed`: int, the one seed of the run (model init, data order, augmentation).
+- `data`: where the samples come from and which are labelled (see `DEFAULTS["data"]`).
+- `model`: the fields of `l2l.model.ModelConfig`.
+- `train`: the loop (see `DEFAULTS["train"]`).
+- `method`: `name` plus that method's hyper-parameters, checked against the method's `defaults`.
+
+An override's value is parsed with `yaml.safe_load` and must have the default's type (an int is accepted
+where a float is expected; a string field takes the text as written). An unknown key is a `ConfigError`
+naming the nearest valid key, so `train.lrr=1e-3` fails before any work is done.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from l2l.errors import ConfigError
+from l2l.methods import get_method_class
+from l2l.model.config import ModelConfig
+from l2l.utils.io import atomic_write_text
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "data": {
+        "root": "",  # data root holding <dataset>/refs(<split_by>).p; `l2l train --root` sets it
+        "dataset": "shaperefs",
+        "split_by": "unc",
+        "train_split": "train",
+        "val_split": "val",
+        "split_file": "",  # label-ratio split JSON; empty = make one from ratio + split_seed
+        "ratio": 1.0,  # share of training images that are labelled (when no split_file)
+        "split_seed": 0,
+        "priors": "",  # priors JSONL covering train and val; empty = run `priors_provider`
+        "priors_provider": "simulated",  # provider used when `priors` is empty (synthetic data only)
+        "proposal": "gaussian",  # soft proposal method: box | gaussian | grabcut | sam
+        "max_val_samples": 0,  # evaluate on the first N validation samples (0 = all)
+    },
+    "model": ModelConfig().to_dict(),
+    "train": {
+        "epochs": 10,
+        "batch_size": 8,  # labelled samples per step and process
+        "unlabelled_batch_size": 8,  # unlabelled samples per step and process (methods that use them)
+        "eval_batch_size": 16,
+        "lr": 1e-3,
+        "weight_decay": 1e-2,
+        "poly_power": 0.9,  # lr = lr0 * (1 - step / total_steps) ** poly_power
+        "grad_accum": 1,  # micro-batches per optimizer step
+        "grad_clip": 0.0,  # max gradient norm (0 = off)
+        "bf16": False,  # bf16 autocast; on CUDA it helps, on CPU only where measured faster
+        "num_workers": 0,  # DataLoader workers per process
+        "weak_flip": True,  # random horizontal flip with left/right word swap on training batches
+        "val_every": 1,  # validate every N epochs (and always after the last)
+        "log_every": 10,  # optimizer steps between metrics.jsonl / TensorBoard entries
+        "checkpoint_every": 50,  # optimizer steps between resume checkpoints (also at every epoch end)
+        "max_steps": 0,  # stop after this many optimizer steps in total (0 = epochs decide)
+        "stop_after_steps": 0,  # test hook: simulate a kill after N optimizer steps of this process (0 = off)
+        "select_metric": "miou",  # validation metric that picks RUN_DIR/best
+        "device": "auto",  # auto | cpu | cuda
+    },
+    "method": {"name": "supervised"},
+}
+
+SECTIONS = tuple(DEFAULTS)
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
+def _flat_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in tree.items():
+        keys.append(prefix + k)
+        if isinstance(v, dict):
+            keys.extend(_flat_keys(v, prefix + k + "."))
+    return keys
+
+
+def _coerce(key: str, value: Any, default: Any, raw: str | None = None) -> Any:
+    """`value` converted to the type of `default`, or a ConfigError naming `key`."""
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        want = "true or false"
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        want = "an integer"
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        want = "a number"
+    elif isinstance(default, str):
+        if raw is not None:  # a string field takes the override text as written ("1.0" stays "1.0")
+            return raw
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value
+        want = "a string"
+    elif isinstance(default, list):
+        if isinstance(value, list):
+            return value
+        want = "a list"
+    elif isinstance(default, dict):
+        if isinstance(value, dict):
+            return value
+        want = "a mapping"
+    else:
+        return value
+    shown = raw if raw is not None else repr(value)
+    raise ConfigError(f"{key}={shown}: expected {want} (default {default!r})")
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], defaults: dict[str, Any], prefix: str, source: str) -> None:
+    """Merge `update` into `base` in place, checking keys and types against `defaults`."""
+    for key, value in update.items():
+        dotted = prefix + str(key)
+        if key not in defaults:
+            valid = _flat_keys(DEFAULTS)
+            raise ConfigError(f"{source}: unknown key {dotted!r}{_nearest(dotted, valid)}")
+        default = defaults[key]
+        if isinstance(default, dict) and isinstance(value, dict):
+            _merge(base[key], value, default, dotted + ".", source)
+        else:
+            base[key] = _coerce(f"{source}: {dotted}", value, default)
+
+
+def _apply_override(cfg: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from exc
+    parts = key.split(".")
+    if parts[0] == "method" and len(parts) == 2:
+        # Method keys are free-form here; `_resolve_method` checks them against the method's defaults.
+        cfg["method"][parts[1]] = raw if parts[1] == "name" else value
+        cfg.setdefault("_method_raw", {})[parts[1]] = raw
+        return
+    node, defaults = cfg, DEFAULTS
+    for depth, part in enumerate(parts):
+        if not isinstance(defaults, dict) or part not in defaults:
+            raise ConfigError(f"override {key!r}: unknown key{_nearest(key, _flat_keys(DEFAULTS))}")
+        if depth == len(parts) - 1:
+            if isinstance(defaults[part], dict):
+                raise ConfigError(f"override {key!r}: is a section; set one of its keys, e.g. {key}.{next(iter(defaults[part]))}=...")
+            node[part] = _coerce(f"override {key}", value, defaults[part], raw if isinstance(defaults[part], str) else None)
+        else:
+            node, defaults = node[part], defaults[part]
+
+
+def _resolve_method(cfg: dict[str, Any], source: str) -> None:
+    """Check the method section against the registered method's declared defaults and fill them in."""
+    section = cfg["method"]
+    raw = cfg.pop("_method_raw", {})
+    name = section.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{source}: method.name must name a method")
+    cls = get_method_class(name)
+    defaults = getattr(cls, "defaults", None)
+    if defaults is None:
+        return
+    resolved: dict[str, Any] = {"name": name}
+    for key, value in section.items():
+        if key == "name":
+            continue
+        if key not in defaults:
+            raise ConfigError(f"{source}: unknown key 'method.{key}' for method {name!r}{_nearest(key, sorted(defaults))}")
+        default = defaults[key]
+        resolved[key] = _coerce(f"{source}: method.{key}", value, default, raw.get(key) if isinstance(default, str) else None)
+    for key, default in defaults.items():
+        resolved.setdefault(key, copy.deepcopy(default))
+    cfg["method"] = resolved
+
+
+def _validate(cfg: dict[str, Any], source: str) -> None:
+    train = cfg["train"]
+    for key in ("epochs", "batch_size", "unlabelled_batch_size", "eval_batch_size", "grad_accum", "val_every", "log_every", "checkpoint_every"):
+        if train[key] < 1:
+            raise ConfigError(f"{source}: train.{key}={train[key]} must be at least 1")
+    for key in ("max_steps", "stop_after_steps", "num_workers"):
+        if train[key] < 0:
+            raise ConfigError(f"{source}: train.{key}={train[key]} must not be negative")
+    if train["lr"] <= 0:
+        raise ConfigError(f"{source}: train.lr={train['lr']} must be positive")
+    if train["device"] not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"{source}: train.device={train['device']!r}: expected auto, cpu or cuda")
+    if train["select_metric"] not in ("miou", "oiou"):
+        raise ConfigError(f"{source}: train.select_metric={train['select_metric']!r}: expected miou or oiou")
+    ratio = cfg["data"]["ratio"]
+    if not 0.0 < ratio <= 1.0:
+        raise ConfigError(f"{source}: data.ratio={ratio} must be in (0, 1]")
+    ModelConfig.from_dict(cfg["model"], source=f"{source}: model")
+
+
+def resolve_config(file_cfg: dict[str, Any] | None = None, overrides: list[str] | None = None, source: str = "config") -> dict[str, Any]:
+    """Defaults, then `file_cfg` (a parsed YAML mapping), then `key=value` overrides; validated."""
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["method"] = {"name": DEFAULTS["method"]["name"]}
+    file_cfg = file_cfg or {}
+    if not isinstance(file_cfg, dict):
+        raise ConfigError(f"{source}: expected a mapping with sections {', '.join(SECTIONS)}")
+    file_method = file_cfg.get("method", {}) or {}
+    if not isinstance(file_method, dict):
+        raise ConfigError(f"{source}: 'method' must be a mapping with a 'name'")
+    _merge(cfg, {k: v for k, v in file_cfg.items() if k != "method"}, DEFAULTS, "", source)
+    cfg["method"].update(file_method)
+    for item in overrides or []:
+        _apply_override(cfg, item)
+    _resolve_method(cfg, source)
+    _validate(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a YAML config file and apply overrides; every problem is a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+    return resolve_config(data, overrides, source=str(path))
+
+
+def dump_config(cfg: dict[str, Any]) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def save_config(cfg: dict[str, Any], path: str | Path) -> None:
+    """Write the resolved config (atomically) so a run directory says exactly how it was made."""
+    atomic_write_text(path, dump_config(cfg))
