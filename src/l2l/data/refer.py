@@ -1,0 +1,275 @@
+"""Reader for the refer format (RefCOCO, RefCOCO+, RefCOCOg and the synthetic ShapeRefs).
+
+The layout is the one of the original `refer` toolkit so that the downloaded files work as they are:
+`root/<dataset>/refs(<split_by>).p` (a pickle written by Python 2) and `root/<dataset>/instances.json`
+(COCO style). A pickle can run code while it loads, so the refs file goes through an unpickler that
+admits plain containers and scalars only. Every inconsistency raises `DataError` naming the file and
+the entry, because a silent skip would change the benchmark.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_utils
+
+from l2l.errors import DataError
+
+# dataset -> the splitBy variants the originals ship.
+DATASETS: dict[str, tuple[str, ...]] = {
+    "refcoco": ("unc", "google"),
+    "refcoco+": ("unc",),
+    "refcocog": ("umd", "google"),
+    "shaperefs": ("unc",),
+}
+
+# Listing order for splits(); anything else follows alphabetically.
+SPLIT_ORDER: tuple[str, ...] = ("train", "val", "test", "testA", "testB", "testC")
+
+REF_KEYS: tuple[str, ...] = ("ref_id", "ann_id", "image_id", "category_id", "split", "sentences")
+
+# Polygon vertices may sit on the far image border (x == width); allow one pixel beyond for rounding.
+_POLYGON_TOLERANCE = 1.0
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that refuses every global, so loading can only build dicts, lists, strings and numbers."""
+
+    def __init__(self, file: io.BufferedIOBase, source: Path) -> None:
+        super().__init__(file, encoding="latin1")
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise DataError(
+            f"{self._source}: the pickle asks for the global '{module}.{name}'; refs pickles may hold only "
+            "plain containers and scalars, so it was refused and nothing was run"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise DataError(f"{self._source}: the pickle asks for a persistent object {pid!r}; refused")
+
+
+def load_refs_pickle(path: str | Path) -> Any:
+    """Load a refs pickle safely: Python-2 byte strings decode as latin1, any global is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: refs file not found")
+    data = path.read_bytes()
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data), path).load()
+    except DataError:
+        raise
+    except Exception as exc:  # a truncated or corrupt pickle raises many different types
+        raise DataError(f"{path}: not a readable refs pickle ({type(exc).__name__}: {exc})") from None
+
+
+def _load_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(f"{path}: instances file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
+class ReferData:
+    """One dataset/splitBy in the refer layout: refs, images, annotations, categories and their masks."""
+
+    def __init__(self, root: str | Path, dataset: str, split_by: str) -> None:
+        if dataset not in DATASETS:
+            raise DataError(f"unknown dataset '{dataset}'; known: {', '.join(DATASETS)}")
+        if split_by not in DATASETS[dataset]:
+            raise DataError(
+                f"dataset '{dataset}' has no splitBy '{split_by}'; it has: {', '.join(DATASETS[dataset])}"
+            )
+        self.root = Path(root)
+        self.dataset = dataset
+        self.split_by = split_by
+        self.refs_path = self.root / dataset / f"refs({split_by}).p"
+        self.instances_path = self.root / dataset / "instances.json"
+        refs = load_refs_pickle(self.refs_path)
+        instances = _load_json(self.instances_path)
+        self.images: dict[int, dict] = {}
+        self.anns: dict[int, dict] = {}
+        self.cats: dict[int, str] = {}
+        self._read_instances(instances)
+        self.refs: list[dict] = self._check_refs(refs)
+        self.refs_by_id: dict[int, dict] = {int(r["ref_id"]): r for r in self.refs}
+
+    # ----------------------------------------------------------------- loading and structure checks
+    def _read_instances(self, instances: Any) -> None:
+        where = self.instances_path
+        if not isinstance(instances, dict):
+            raise DataError(f"{where}: expected a JSON object with images/annotations/categories")
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(instances.get(key), list):
+                raise DataError(f"{where}: missing or non-list '{key}'")
+        for i, img in enumerate(instances["images"]):
+            if not isinstance(img, dict) or any(k not in img for k in ("id", "file_name", "height", "width")):
+                raise DataError(f"{where}: images[{i}] needs id, file_name, height and width")
+            if int(img["height"]) <= 0 or int(img["width"]) <= 0:
+                raise DataError(f"{where}: image id {img['id']} has a non-positive size")
+            self.images[int(img["id"])] = img
+        for i, ann in enumerate(instances["annotations"]):
+            if not isinstance(ann, dict) or any(k not in ann for k in ("id", "image_id", "bbox", "segmentation")):
+                raise DataError(f"{where}: annotations[{i}] needs id, image_id, bbox and segmentation")
+            if int(ann["image_id"]) not in self.images:
+                raise DataError(f"{where}: annotation id {ann['id']} points to unknown image_id {ann['image_id']}")
+            if not (isinstance(ann["bbox"], (list, tuple)) and len(ann["bbox"]) == 4):
+                raise DataError(f"{where}: annotation id {ann['id']} has a bbox that is not [x, y, w, h]")
+            self.anns[int(ann["id"])] = ann
+        for i, cat in enumerate(instances["categories"]):
+            if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+                raise DataError(f"{where}: categories[{i}] needs id and name")
+            self.cats[int(cat["id"])] = str(cat["name"])
+
+    def _check_refs(self, refs: Any) -> list[dict]:
+        where = self.refs_path
+        if not isinstance(refs, list):
+            raise DataError(f"{where}: expected a list of refs, found {type(refs).__name__}")
+        seen: set[int] = set()
+        for i, ref in enumerate(refs):
+            if not isinstance(ref, dict):
+                raise DataError(f"{where}: ref #{i} is a {type(ref).__name__}, not a dict")
+            missing = [k for k in REF_KEYS if k not in ref]
+            if missing:
+                name = f"ref_id {ref['ref_id']}" if "ref_id" in ref else f"ref #{i}"
+                raise DataError(f"{where}: {name} is missing {', '.join(missing)}")
+            rid = int(ref["ref_id"])
+            if rid in seen:
+                raise DataError(f"{where}: ref_id {rid} appears twice")
+            seen.add(rid)
+            if int(ref["ann_id"]) not in self.anns:
+                raise DataError(f"{where}: ref_id {rid} has ann_id {ref['ann_id']}, not in {self.instances_path}")
+            if int(ref["image_id"]) not in self.images:
+                raise DataError(
+                    f"{where}: ref_id {rid} has image_id {ref['image_id']}, not in {self.instances_path}"
+                )
+            if int(self.anns[int(ref["ann_id"])]["image_id"]) != int(ref["image_id"]):
+                raise DataError(f"{where}: ref_id {rid} has ann_id {ref['ann_id']} of another image")
+            sents = ref["sentences"]
+            if not isinstance(sents, list) or not sents:
+                raise DataError(f"{where}: ref_id {rid} has no sentences")
+            for j, sent in enumerate(sents):
+                if not isinstance(sent, dict) or "sent_id" not in sent or not ("sent" in sent or "raw" in sent):
+                    raise DataError(f"{where}: ref_id {rid} sentences[{j}] needs sent_id and sent")
+                text = sent.get("sent", sent.get("raw"))
+                if not isinstance(text, str) or not text.strip():
+                    raise DataError(f"{where}: ref_id {rid} sent_id {sent['sent_id']} has an empty sentence")
+        return refs
+
+    # ----------------------------------------------------------------------------- queries
+    def splits(self) -> list[str]:
+        """Split names present in the refs, in the conventional order (train, val, test, testA, testB)."""
+        names = {str(r["split"]) for r in self.refs}
+        known = [s for s in SPLIT_ORDER if s in names]
+        return known + sorted(names - set(known))
+
+    def refs_of_split(self, split: str) -> list[dict]:
+        return [r for r in self.refs if r["split"] == split]
+
+    def image_path(self, image_id: int) -> Path:
+        """Where the original layout keeps the image file (not checked; see `load_image`)."""
+        img = self.images.get(int(image_id))
+        if img is None:
+            raise DataError(f"{self.instances_path}: unknown image_id {image_id}")
+        if self.dataset == "shaperefs":
+            return self.root / "images" / "shaperefs" / img["file_name"]
+        return self.root / "images" / "mscoco" / "images" / "train2014" / img["file_name"]
+
+    def ref_box(self, ref: dict) -> list[float]:
+        """Box of the referred annotation as [x1, y1, x2, y2] in original image pixels."""
+        x, y, w, h = (float(v) for v in self.anns[int(ref["ann_id"])]["bbox"])
+        return [x, y, x + w, y + h]
+
+    def ann_mask(self, ann_id: int) -> np.ndarray:
+        """Union of an annotation's polygons or its RLE as bool[H, W] at the image's size."""
+        ann = self.anns[int(ann_id)]
+        img = self.images[int(ann["image_id"])]
+        h, w = int(img["height"]), int(img["width"])
+        rle = self._ann_rle(ann, h, w)
+        return mask_utils.decode(rle).astype(bool)
+
+    def ref_mask(self, ref: dict) -> np.ndarray:
+        """Ground-truth mask of a ref: bool[H, W]."""
+        return self.ann_mask(int(ref["ann_id"]))
+
+    # --------------------------------------------------------------------------- validation
+    def _ann_rle(self, ann: dict, h: int, w: int) -> dict:
+        """Check one annotation's segmentation against its image and return it as one compressed RLE."""
+        seg = ann["segmentation"]
+        entry = f"{self.instances_path}: annotation id {ann['id']} (image_id {ann['image_id']})"
+        if isinstance(seg, list):
+            if not seg:
+                raise DataError(f"{entry} has an empty segmentation")
+            for k, poly in enumerate(seg):
+                if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                    raise DataError(f"{entry}: polygon {k} needs an even number (>= 6) of coordinates")
+                xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+                if not np.isfinite(xy).all():
+                    raise DataError(f"{entry}: polygon {k} has a non-finite coordinate")
+                lo, hi = xy.min(axis=0), xy.max(axis=0)
+                tol = _POLYGON_TOLERANCE
+                if lo[0] < -tol or lo[1] < -tol or hi[0] > w + tol or hi[1] > h + tol:
+                    raise DataError(
+                        f"{entry}: polygon {k} spans x {lo[0]:g}..{hi[0]:g}, y {lo[1]:g}..{hi[1]:g}, "
+                        f"outside the {w}x{h} image"
+                    )
+            return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+            if [int(v) for v in seg["size"]] != [h, w]:
+                raise DataError(f"{entry}: RLE size {list(seg['size'])} differs from the image size [{h}, {w}]")
+            counts = seg["counts"]
+            if isinstance(counts, list):
+                if sum(int(c) for c in counts) != h * w:
+                    raise DataError(f"{entry}: RLE counts sum to {sum(counts)}, expected {h * w}")
+                return mask_utils.frPyObjects(seg, h, w)
+            if isinstance(counts, (str, bytes)):
+                raw = counts.encode("ascii") if isinstance(counts, str) else counts
+                return {"size": [h, w], "counts": raw}
+            raise DataError(f"{entry}: RLE counts must be a list or a string")
+        raise DataError(f"{entry}: segmentation is neither polygons nor RLE")
+
+    def validate(self, check_images: bool = False) -> None:
+        """Check every referred annotation's segmentation (and, if asked, that each image file exists)."""
+        for ref in self.refs:
+            ann = self.anns[int(ref["ann_id"])]
+            img = self.images[int(ann["image_id"])]
+            self._ann_rle(ann, int(img["height"]), int(img["width"]))
+        if check_images:
+            for image_id in sorted({int(r["image_id"]) for r in self.refs}):
+                path = self.image_path(image_id)
+                if not path.is_file():
+                    raise DataError(f"{path}: image file not found (image_id {image_id})")
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per split: number of refs, sentences and distinct images."""
+        out: dict[str, dict[str, int]] = {}
+        for split in self.splits():
+            refs = self.refs_of_split(split)
+            out[split] = {
+                "refs": len(refs),
+                "sentences": sum(len(r["sentences"]) for r in refs),
+                "images": len({int(r["image_id"]) for r in refs}),
+            }
+        return out
+
+
+def load_image(path: str | Path, context: str = "") -> np.ndarray:
+    """Read an image file as uint8[H, W, 3] RGB; a missing or unreadable file is a DataError."""
+    import cv2
+
+    path = Path(path)
+    suffix = f" ({context})" if context else ""
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found{suffix}")
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DataError(f"{path}: not a readable image{suffix}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
