@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,9 @@ class ReferData:
         img = self.images[int(ann["image_id"])]
         h, w = int(img["height"]), int(img["width"])
         rle = self._ann_rle(ann, h, w)
-        return mask_utils.decode(rle).astype(bool)
+        with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword deprecation, not ours to fix
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return mask_utils.decode(rle).astype(bool)
 
     def ref_mask(self, ref: dict) -> np.ndarray:
         """Ground-truth mask of a ref: bool[H, W]."""
