@@ -220,3 +220,19 @@ def test_encoded_rle_roundtrip_sanity() -> None:
     m = rle_mask(2)
     ours = mask_utils.frPyObjects({"size": list(m.shape), "counts": uncompressed_counts(m)}, *m.shape)
     np.testing.assert_array_equal(mask_utils.decode(ours).astype(bool), m)
+
+
+def test_synth_command_calls_the_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("l2l.data.shaperefs")
+    fake.generate = lambda out_root, num_images, seed, progress=True: calls.append(
+        (out_root, num_images, seed, progress)) or {"images": num_images}
+    monkeypatch.setitem(sys.modules, "l2l.data.shaperefs", fake)
+    assert main(["data", "synth", "--out", str(tmp_path), "--images", "7", "--seed", "3", "--no-progress"]) == 0
+    assert calls == [(tmp_path, 7, 3, False)]
+    assert json.loads(capsys.readouterr().out) == {"images": 7}
+    assert main(["data", "synth", "--out", str(tmp_path), "--images", "0"]) == 2

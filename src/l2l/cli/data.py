@@ -9,6 +9,7 @@ from pathlib import Path
 
 from l2l.data.refer import DATASETS, ReferData
 from l2l.data.splits import make_split
+from l2l.errors import InputError
 from l2l.utils.io import atomic_write_json
 
 
@@ -101,6 +102,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    if args.images < 1:
+        raise InputError(f"--images must be at least 1, got {args.images}")
     from l2l.data.shaperefs import generate  # imported here: the generator pulls in heavier dependencies
 
     summary = generate(args.out, args.images, args.seed, progress=not args.no_progress)
