@@ -1,0 +1,571 @@
+"""`Trainer`: the one training loop for every method, single process or under `torchrun`.
+
+    l2l train --config configs/shaperefs.yaml --root data --out runs/sup              # one process
+    torchrun --nproc-per-node 4 -m l2l.cli.main train --config configs/refcoco_lavt.yaml --root R --out runs/lavt
+
+The distributed environment is read from `RANK` / `WORLD_SIZE` / `LOCAL_RANK` (nanoGPT style; no
+`--local_rank` argument). The loop owns the student optimiser, the poly schedule, gradient accumulation,
+validation, the `best/` and `last/` model directories, and resumable checkpoints; a `Method` owns the loss.
+
+Reproducible resume: data order and augmentation are functions of `(seed, epoch, position)` (see
+`l2l.training.batching`), and `checkpoint.pt` holds the step, the position inside the epoch and every RNG
+state, so a run killed mid-epoch and resumed ends with the same weights as an uninterrupted one (CPU).
+
+Multi-process: gradients of the student are averaged across ranks after the last micro-batch of each
+step (one flat all-reduce) rather than through a `DistributedDataParallel` wrapper, because methods run the
+student several times per step (labelled, weak and strong views), keep EMA copies of it, and leave SESM
+branches unused on prior-free batches: all three break DDP's one-forward-one-backward hook contract.
+Normalisation buffers (BatchNorm running statistics) are averaged across ranks before validation and saving.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from l2l.data.dataset import DataId, RESDataset
+from l2l.data.refer import ReferData
+from l2l.data.splits import make_split
+from l2l.errors import CheckpointError, ConfigError
+from l2l.evaluation.evaluator import evaluate
+from l2l.methods import build_method, get_method_class
+from l2l.model import ModelConfig, RESModel
+from l2l.training.batching import Collator, EpochSampler, SeededItems, move_batch
+from l2l.training.config import save_config
+from l2l.utils.io import atomic_write, atomic_write_json, atomic_write_text
+from l2l.utils.seed import seed_everything
+
+CHECKPOINT = "checkpoint.pt"
+# Config sections that must match for a checkpoint to be resumed (the `train` section may change,
+# e.g. more epochs or a removed stop hook).
+RESUME_KEYS = ("seed", "data", "model", "method")
+
+
+@dataclass
+class DistEnv:
+    """Where this process sits in a (possibly single-process) job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def setup(cls, device: str = "auto") -> "DistEnv":
+        """Read torchrun's variables; join the process group (nccl on CUDA, gloo on CPU) when there are several ranks."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = torch.cuda.is_available() and device != "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is available")
+        dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(dev)
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+        return cls(rank, world, local, dev)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every RNG the loop touches, as tensors/lists so `torch.load(weights_only=True)` accepts it."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_model_dir(model: nn.Module, path: Path, card: dict[str, Any]) -> None:
+    """`save_pretrained` into a temporary sibling, then swap it in, so `path` is never half written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    old = path.with_name(f".{path.name}.old")
+    for p in (tmp, old):
+        if p.exists():
+            shutil.rmtree(p)
+    model.save_pretrained(tmp, card=card)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+class Trainer:
+    """Builds data, model, method and optimiser from a resolved config; `fit()` trains and returns a summary.
+
+    `cfg` is the dict of `l2l.training.config.load_config`; everything the run writes goes to `run_dir`:
+    `config.yaml`, `split.json` (when the split was drawn from a ratio), `metrics.jsonl`, `tb/`,
+    `checkpoint.pt`, `best/` and `last/`.
+    """
+
+    def __init__(self, cfg: dict[str, Any], run_dir: str | Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.tcfg = cfg["train"]
+        self.env = DistEnv.setup(self.tcfg["device"])
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.env.barrier()
+        seed_everything(int(cfg["seed"]))
+        self.method_cls = get_method_class(cfg["method"]["name"])
+        self.model_config = ModelConfig.from_dict(cfg["model"], source="config: model")
+        self.model = RESModel(self.model_config).to(self.env.device)
+        self.processor = self.model.processor()
+        self._build_data()
+        self._build_banks()
+        self.method = build_method(
+            cfg["method"]["name"],
+            self.model,
+            {k: v for k, v in cfg["method"].items() if k != "name"},
+            self.total_steps,
+            self.train_bank,
+        )
+        self._build_optimizer()
+        self.step = 0
+        self.epoch = 0
+        self.micro_done = 0  # micro-batches consumed in the current epoch
+        self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "step": -1, "metrics": {}}
+        self.last_val: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ building
+    def _build_data(self) -> None:
+        d, tr, env = self.cfg["data"], self.tcfg, self.env
+        if not d["root"]:
+            raise ConfigError("data.root is empty: pass --root DATA_ROOT or set data.root")
+        train_id = DataId.parse(f"{d['dataset']}/{d['split_by']}/{d['train_split']}")
+        self.val_id = DataId.parse(f"{d['dataset']}/{d['split_by']}/{d['val_split']}")
+        split_file = Path(d["split_file"]) if d["split_file"] else self.run_dir / "split.json"
+        if not d["split_file"]:
+            if env.is_main:
+                refer = ReferData(d["root"], d["dataset"], d["split_by"])
+                atomic_write_json(split_file, make_split(refer, d["ratio"], d["split_seed"], split=d["train_split"]))
+            env.barrier()
+        self.train_id = train_id
+        self.labelled = RESDataset(d["root"], train_id, split_file, "labelled")
+        self.label_ratio = float((self.labelled.split_info or {}).get("ratio", d["ratio"]))
+        self.unlabelled: RESDataset | None = None
+        if self.method_cls.needs_unlabelled:
+            self.unlabelled = RESDataset(d["root"], train_id, split_file, "unlabelled")
+            if len(self.unlabelled) == 0:
+                raise ConfigError(f"method {self.method_cls.name!r} needs unlabelled data but data.ratio={d['ratio']} labels every image")
+        val_full = RESDataset(d["root"], self.val_id)
+        n_val = d["max_val_samples"]
+        self.val: Dataset = Subset(val_full, range(min(n_val, len(val_full)))) if n_val else val_full
+        self.val_full = val_full
+
+        seed = int(self.cfg["seed"])
+        self.sampler_l = EpochSampler(len(self.labelled), seed, True, env.rank, env.world_size, salt=1)
+        bs = tr["batch_size"]
+        self.drop_last = self.sampler_l.per_rank >= bs
+        self.micro_per_epoch = self.sampler_l.per_rank // bs if self.drop_last else 1
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / tr["grad_accum"])
+        total = tr["epochs"] * self.steps_per_epoch
+        self.total_steps = min(total, tr["max_steps"]) if tr["max_steps"] else total
+        self.sampler_u: EpochSampler | None = None
+        if self.unlabelled is not None:
+            self.sampler_u = EpochSampler(len(self.unlabelled), seed, True, env.rank, env.world_size, salt=2)
+            ubs = tr["unlabelled_batch_size"]
+            self.u_drop_last = self.sampler_u.per_rank >= ubs
+            self.u_micro_per_epoch = self.sampler_u.per_rank // ubs if self.u_drop_last else 1
+
+    def _build_banks(self) -> None:
+        """Priors and proposal banks (train, val) when the method needs proposals or the model takes them (SESM).
+
+        Priors come from `data.priors` (a JSONL from `l2l priors run`), or, on synthetic data, from the simulated
+        MLLM run here. Banks live in `RUN_DIR/cache/` because self-evolving methods rewrite the training bank.
+        """
+        d = self.cfg["data"]
+        self.priors: dict[str, Any] | None = None
+        self.train_bank = self.val_bank = None
+        wanted = self.method_cls.needs_proposals or (self.model_config.use_sesm and d["proposal"] != "none")
+        if not wanted:
+            return
+        if d["proposal"] == "none":
+            raise ConfigError(f"method {self.method_cls.name!r} needs proposals but data.proposal=none")
+        from l2l.priors import load_priors
+        from l2l.proposals import build_bank
+
+        cache = self.run_dir / "cache"
+        train_all = RESDataset(d["root"], self.train_id)
+        val_ds = self.val_full
+        size = self.model_config.image_size
+        for rank_turn in (True, False):  # rank 0 computes first, the others then open the finished files
+            if self.env.is_main == rank_turn:
+                if d["priors"]:
+                    priors = load_priors(d["priors"])
+                else:
+                    priors = {}
+                    for ds, name in ((train_all, "train"), (val_ds, "val")):
+                        priors.update(self._run_provider(ds, cache / f"priors-{name}.jsonl"))
+                self.train_bank = build_bank(train_all, priors, d["proposal"], size, cache / "train", progress=False)
+                self.val_bank = build_bank(val_ds, priors, d["proposal"], size, cache / "val", progress=False)
+                self.priors = priors
+            if rank_turn:
+                self.env.barrier()
+
+    def _run_provider(self, dataset: RESDataset, out: Path) -> dict[str, Any]:
+        """Priors of `dataset` from `data.priors_provider`; only the simulation runs inside training."""
+        from l2l.priors import load_priors
+        from l2l.priors.run import run_priors
+        from l2l.priors.simulated import SimulatedMLLM
+
+        d = self.cfg["data"]
+        if d["priors_provider"] != "simulated":
+            raise ConfigError(
+                f"data.priors_provider={d['priors_provider']!r}: run `l2l priors run --provider {d['priors_provider']}` "
+                "once and pass its JSONL as data.priors (only the simulated provider runs inside training)"
+            )
+        refer = ReferData(d["root"], d["dataset"], d["split_by"])
+        run_priors(dataset, SimulatedMLLM(refer), out, progress=False)
+        return load_priors(out)
+
+    def _build_optimizer(self) -> None:
+        """AdamW without weight decay on norms and biases (1-d tensors), poly decay over `total_steps`."""
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        self.params = decay + no_decay
+        tr = self.tcfg
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": tr["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}], lr=tr["lr"]
+        )
+        total, power = self.total_steps, tr["poly_power"]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: max(0.0, 1.0 - s / total) ** power
+        )
+
+    def _loader(self, dataset: Dataset, sampler: EpochSampler, batch_size: int, drop_last: bool, flip: bool, bank: Any) -> DataLoader:
+        # An own generator keeps DataLoader from drawing on the global torch RNG (that would shift dropout on resume).
+        g = torch.Generator().manual_seed(int(self.cfg["seed"]) * 7919 + sampler.epoch)
+        return DataLoader(
+            SeededItems(dataset), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+            num_workers=self.tcfg["num_workers"], generator=g,
+            collate_fn=Collator(self.processor, bank=bank, priors=self.priors, flip=flip),
+            persistent_workers=False,
+        )
+
+    def _unlabelled_stream(self, start_micro: int) -> Iterator[dict[str, Any]]:
+        """Unlabelled batches forever, starting at global micro-batch `start_micro` (its own epochs, its own order)."""
+        assert self.unlabelled is not None and self.sampler_u is not None
+        u_epoch, pos = divmod(start_micro, self.u_micro_per_epoch)
+        ubs = self.tcfg["unlabelled_batch_size"]
+        while True:
+            self.sampler_u.set_epoch(u_epoch)
+            self.sampler_u.set_start(pos * ubs)
+            yield from self._loader(self.unlabelled, self.sampler_u, ubs, self.u_drop_last, self.tcfg["weak_flip"], self.train_bank)
+            u_epoch, pos = u_epoch + 1, 0
+
+    # ------------------------------------------------------------------ distributed helpers
+    def _all_reduce_grads(self) -> None:
+        if not self.env.distributed:
+            return
+        has = torch.tensor([p.grad is not None for p in self.params], dtype=torch.int32, device=self.env.device)
+        dist.all_reduce(has, op=dist.ReduceOp.MAX)
+        live = [p for p, h in zip(self.params, has.tolist()) if h]
+        for p in live:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if not live:
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in live])
+        dist.all_reduce(flat)
+        flat /= self.env.world_size
+        offset = 0
+        for p in live:
+            n = p.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            offset += n
+
+    def _sync_buffers(self) -> None:
+        """Average floating-point buffers (BatchNorm statistics) so every rank evaluates and saves one model."""
+        if not self.env.distributed:
+            return
+        for module in {id(m): m for m in (self.model, self.method.eval_model())}.values():
+            for buf in module.buffers():
+                if buf.is_floating_point():
+                    dist.all_reduce(buf)
+                    buf /= self.env.world_size
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "micro_done": self.micro_done,
+            "best": {k: v for k, v in self.best.items() if k != "score"} | {"score": float(self.best["score"])},
+            "last_val": json.dumps(self.last_val),
+            "rng": _rng_state(),
+            "world_size": self.env.world_size,
+            "config": json.dumps({k: self.cfg[k] for k in RESUME_KEYS}, sort_keys=True),
+        }
+
+    def save_checkpoint(self) -> None:
+        """Rank 0 writes `checkpoint.pt` atomically; every rank waits for it."""
+        if self.env.is_main:
+            state = self._checkpoint_state()
+            atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        self.env.barrier()
+
+    def resume(self) -> bool:
+        """Load `RUN_DIR/checkpoint.pt` if present; True when the run continues from it."""
+        path = self.checkpoint_path
+        if not path.is_file():
+            return False
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: say which file, do not guess
+            raise CheckpointError(f"{path}: cannot load the resume checkpoint ({exc})") from exc
+        saved = json.loads(state["config"])
+        for key in RESUME_KEYS:
+            if saved.get(key) != self.cfg[key]:
+                raise CheckpointError(
+                    f"{path}: the run directory was trained with a different '{key}' section; use a new --out or the same config"
+                )
+        if state["world_size"] != self.env.world_size:
+            raise CheckpointError(f"{path}: saved with {state['world_size']} processes, resumed with {self.env.world_size}")
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.micro_done = int(state["step"]), int(state["epoch"]), int(state["micro_done"])
+        self.best = dict(state["best"])
+        self.last_val = json.loads(state["last_val"])
+        _set_rng_state(state["rng"])
+        if self.env.is_main:
+            self._truncate_metrics(self.step)
+        return True
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.env.is_main:
+            return
+        path = self.run_dir / "metrics.jsonl"
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.is_file():
+            keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+            atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+    # ------------------------------------------------------------------ validation and saving
+    def _eval_net(self) -> nn.Module:
+        return self.method.eval_model()
+
+    def validate(self) -> dict[str, Any]:
+        """Metrics on the validation set: prior-free, and with priors when the model uses SESM and there is a bank."""
+        net = self._eval_net()
+        amp = torch.bfloat16 if self.tcfg["bf16"] else None
+        progress = self.env.is_main and sys.stderr.isatty()
+        result: dict[str, Any] = {}
+        modes = ["prior_free"]
+        if self.model_config.use_sesm and self.val_bank is not None:
+            modes.insert(0, "prior")
+        for mode in modes:
+            result[mode] = evaluate(
+                net, self.val, self.processor, bank=self.val_bank, use_priors=mode == "prior",
+                batch_size=self.tcfg["eval_batch_size"], progress=progress, amp_dtype=amp,
+            )
+        result["main"] = modes[0]
+        return result
+
+    def _card(self, val: dict[str, Any]) -> dict[str, Any]:
+        d = self.cfg["data"]
+        return {
+            "data": str(self.train_id),
+            "val_data": str(self.val_id),
+            "label_ratio": self.label_ratio,
+            "method": self.cfg["method"]["name"],
+            "seed": self.cfg["seed"],
+            "epoch": self.epoch,
+            "step": self.step,
+            "proposal": d["proposal"] if self.val_bank is not None else None,
+            "metrics": {f"{mode}/{k}": v for mode in ("prior", "prior_free") for k, v in val.get(mode, {}).items()},
+        }
+
+    def _validate_and_save(self) -> None:
+        self._sync_buffers()
+        val = self.validate()
+        self.last_val = val
+        score = float(val[val["main"]][self.tcfg["select_metric"]])
+        record: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
+        for mode in ("prior", "prior_free"):
+            for key, value in val.get(mode, {}).items():
+                record[f"val/{mode}/{key}"] = value
+        self._log(record)
+        is_best = score > self.best["score"]
+        if is_best:
+            self.best = {"score": score, "epoch": self.epoch, "step": self.step, "metrics": val}
+        if self.env.is_main:
+            net = self._eval_net()
+            card = self._card(val)
+            if is_best:
+                _save_model_dir(net, self.run_dir / "best", card)
+            _save_model_dir(net, self.run_dir / "last", card)
+        self.env.barrier()
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Train (resuming from `RUN_DIR/checkpoint.pt` if present) and return a summary.
+
+        Summary keys: `run_dir`, `steps`, `epochs` (completed), `resumed`, `stopped` (the stop hook fired),
+        `best` (`{"score", "epoch", "step", "metrics"}`), `last` (the last validation metrics).
+        """
+        tr, env = self.tcfg, self.env
+        resumed = self.resume()
+        self.writer = None
+        if env.is_main:
+            save_config(self.cfg, self.run_dir / "config.yaml")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+        try:
+            stopped = self._train_loop()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return {
+            "run_dir": str(self.run_dir),
+            "steps": self.step,
+            "epochs": self.epoch,
+            "resumed": resumed,
+            "stopped": stopped,
+            "best": self.best,
+            "last": self.last_val,
+        }
+
+    def _train_loop(self) -> bool:
+        tr, env = self.tcfg, self.env
+        accum, bs = tr["grad_accum"], tr["batch_size"]
+        steps_this_run = 0
+        u_stream = None
+        if self.unlabelled is not None:
+            u_stream = self._unlabelled_stream(self.epoch * self.micro_per_epoch + self.micro_done)
+        amp = tr["bf16"]
+        running: dict[str, float] = {}
+        running_n, t0, images = 0, time.perf_counter(), 0
+        self.model.train()
+        while self.epoch < tr["epochs"] and self.step < self.total_steps:
+            self.sampler_l.set_epoch(self.epoch)
+            self.sampler_l.set_start(self.micro_done * bs)
+            loader = self._loader(self.labelled, self.sampler_l, bs, self.drop_last, tr["weak_flip"], self.train_bank)
+            bar = None
+            if env.is_main and sys.stderr.isatty():
+                from tqdm import tqdm
+
+                bar = tqdm(total=self.micro_per_epoch, initial=self.micro_done, desc=f"epoch {self.epoch}", leave=False)
+            for batch_l in loader:
+                group_start = (self.micro_done // accum) * accum
+                group_size = min(accum, self.micro_per_epoch - group_start)
+                batch_l = move_batch(batch_l, env.device)
+                batch_u = move_batch(next(u_stream), env.device) if u_stream is not None else None
+                with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = self.method.train_step(batch_l, batch_u, self.step)
+                (out.loss / group_size).backward()
+                self.micro_done += 1
+                images += len(batch_l["sample_ids"])
+                for k, v in out.logs.items():
+                    running[k] = running.get(k, 0.0) + float(v) / group_size
+                if bar is not None:
+                    bar.update(1)
+                if self.micro_done - group_start < group_size:
+                    continue
+                self._all_reduce_grads()
+                if tr["grad_clip"] > 0:
+                    torch.nn.utils.clip_grad_norm_(self.params, tr["grad_clip"])
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.method.after_optimizer_step(self.step)
+                self.step += 1
+                steps_this_run += 1
+                running_n += 1
+                if self.step % tr["log_every"] == 0:
+                    dt = time.perf_counter() - t0
+                    rec = {"step": self.step, "epoch": self.epoch, "lr": lr}
+                    rec.update({f"train/{k}": v / running_n for k, v in running.items()})
+                    rec["train/images_per_s"] = images * env.world_size / max(dt, 1e-9)
+                    self._log(rec)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{rec.get('train/loss', float('nan')):.3f}")
+                    running, running_n, t0, images = {}, 0, time.perf_counter(), 0
+                if self.step % tr["checkpoint_every"] == 0 and self.micro_done < self.micro_per_epoch:
+                    self.save_checkpoint()
+                if tr["stop_after_steps"] and steps_this_run >= tr["stop_after_steps"]:
+                    if bar is not None:
+                        bar.close()
+                    return True
+                if self.step >= self.total_steps:
+                    break
+            if bar is not None:
+                bar.close()
+            finished = self.step >= self.total_steps or self.epoch + 1 >= tr["epochs"]
+            context = {"trainer": self, "step": self.step, "device": env.device, "labelled": self.labelled,
+                       "unlabelled": self.unlabelled, "priors": self.priors, "processor": self.processor}
+            epoch_logs = self.method.on_epoch_end(self.epoch, context)
+            if epoch_logs and env.is_main:
+                self._log({"step": self.step, "epoch": self.epoch, **{f"method/{k}": v for k, v in epoch_logs.items()}})
+            if finished or (self.epoch + 1) % tr["val_every"] == 0:
+                self._validate_and_save()
+            self.epoch += 1
+            self.micro_done = 0
+            self.save_checkpoint()
+        return False
