@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from l2l.errors import CheckpointError, ConfigError, InputError
-from l2l.priors.prior import Prior
+from l2l.priors import Prior
 from l2l.proposals import ProposalBank, build_bank, make_proposal
 from l2l.proposals import bank as bank_module
 from l2l.proposals.sam import SamProposer
@@ -231,3 +231,22 @@ def test_bank_grows_beyond_its_initial_capacity(tmp_path: Path) -> None:
     back = ProposalBank.open(tmp_path / "g")
     assert len(back) == 150 and back.get("149").min() == 1.0 and back.get("0").max() == 0.0
     assert back.get("75") == pytest.approx(np.full((4, 4), round(75 / 149 * 255) / 255), abs=1e-6)
+
+
+def test_prepare_bank_simulates_priors_once_and_reuses_them(tmp_path: Path) -> None:
+    from refer_fixtures import make_refer
+
+    from l2l.data.dataset import RESDataset
+    from l2l.proposals import prepare_bank
+
+    root = make_refer(tmp_path / "data")
+    bank, priors = prepare_bank(root, "refcoco/unc/train", "gaussian", 32, tmp_path / "cache", progress=False)
+    ids = RESDataset(root, "refcoco/unc/train").sample_ids()
+    assert sorted(priors) == sorted(ids) and sorted(bank.ids()) == sorted(ids)
+    assert all(p.provider == "simulated-mllm" for p in priors.values())
+    again, priors2 = prepare_bank(root, "refcoco/unc/train", "gaussian", 32, tmp_path / "cache", progress=False)
+    assert priors2 == priors and np.array_equal(again.get(ids[0]), bank.get(ids[0]))
+    with pytest.raises(ConfigError):
+        prepare_bank(root, "refcoco/unc/train", "gaussian", 32, tmp_path / "cache", provider="openai")
+    with pytest.raises(KeyError):  # the bank's missing-sample error is a KeyError for mapping-style callers
+        bank.get("no-such-sample")

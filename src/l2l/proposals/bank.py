@@ -36,6 +36,13 @@ from l2l.utils.io import atomic_write_json
 INDEX_VERSION = 1
 
 
+class MissingProposalError(DataError, KeyError):
+    """A sample the bank does not hold; a KeyError too, so mapping-style callers can treat it as absent."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 def prior_key(prior: PriorLike | None, image_shape: tuple[int, int], image_name: str = "", extra: str = "") -> str:
     """Hash of everything a proposal depends on besides the pixels (the bank's method and side are fixed)."""
     if prior is None:
@@ -130,7 +137,8 @@ class ProposalBank:
     def _entry(self, sample_id: str) -> dict[str, Any]:
         entry = self.entries.get(sample_id)
         if entry is None:
-            raise DataError(f"{self.path}: no proposal for sample {sample_id!r} (rebuild the bank for this dataset)")
+            raise MissingProposalError(
+                f"{self.path}: no proposal for sample {sample_id!r} (rebuild the bank for this dataset)")
         return entry
 
     def get(self, sample_id: str) -> np.ndarray:
