@@ -236,3 +236,24 @@ def test_synth_command_calls_the_generator(tmp_path: Path, monkeypatch: pytest.M
     assert calls == [(tmp_path, 7, 3, False)]
     assert json.loads(capsys.readouterr().out) == {"images": 7}
     assert main(["data", "synth", "--out", str(tmp_path), "--images", "0"]) == 2
+
+
+def test_handwritten_python2_protocol0_pickle_loads(tmp_path: Path) -> None:
+    """What Python 2's `pickle.dump(refs, f)` (protocol 0) writes: STRING opcodes with latin1 bytes, PUTs."""
+    blob = b"(lp0\n(dp1\nS'sent'\np2\nS'caf\xe9'\np3\nsS'ref_id'\np4\nI12\nsS'big'\np5\nL12345678901L\nsa."
+    path = tmp_path / "refs(unc).p"
+    path.write_bytes(blob)
+    assert load_refs_pickle(path) == [{"sent": "caf\xe9", "ref_id": 12, "big": 12345678901}]
+
+
+def test_non_integer_ids_and_coordinates_are_data_errors(tmp_path: Path) -> None:
+    refs, inst = build_spec()
+    refs[1]["ann_id"] = "12"
+    write_refer(tmp_path, refs, inst)
+    with pytest.raises(DataError, match=r"ref #1 has a non-integer ann_id"):
+        ReferData(tmp_path, "refcoco", "unc")
+    refs, inst = build_spec()
+    inst["annotations"][6]["segmentation"][0][3] = "x"
+    write_refer(tmp_path, refs, inst)
+    with pytest.raises(DataError, match=r"annotation id 41 .*non-numeric"):
+        ReferData(tmp_path, "refcoco", "unc").validate()
