@@ -91,7 +91,8 @@ class SimulatedMLLM(PriorProvider):
             return None
         cat = self.refer.anns[target_ann].get("category_id")
         same = [a for a in others if self.refer.anns[a].get("category_id") == cat]
-        pool = same if same and rng.random() < self.config.same_category_preference else others
+        different = [a for a in others if a not in same]
+        pool = same if same and (not different or rng.random() < self.config.same_category_preference) else different
         return int(pool[rng.integers(len(pool))])
 
     def _jitter(self, rng: np.random.Generator, box: list[float], width: int, height: int) -> list[float]:
