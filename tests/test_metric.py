@@ -139,7 +139,8 @@ def test_merge_distributed_does_not_double_count_padding(tmp_path: Path) -> None
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    # fork: the children inherit the imported modules (a spawn re-imports torch, seconds on a loaded machine)
+    mp.start_processes(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     single = RESMetric()
     preds, gts = _fixture_masks()
     single.update(preds, gts, ids=[f"s{i}" for i in range(N_SAMPLES)])
