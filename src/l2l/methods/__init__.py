@@ -15,9 +15,22 @@ from torch import nn
 from l2l.errors import ConfigError
 from l2l.methods.base import Method, StepOutput
 from l2l.methods.supervised import SupervisedMethod
+from l2l.methods.fixmatch import FixMatchMethod
+from l2l.methods.l2l import L2LMethod, L2LNoEvolveMethod, L2LNoRPLEMethod, L2LNoSESMMethod
+from l2l.methods.prior_label import PriorLabelMethod
+from l2l.methods.prior_only import PriorOnlyMethod
+from l2l.methods.semires import SemiRESMethod
 
 METHODS: dict[str, type[Method]] = {
     "supervised": SupervisedMethod,
+    "prior_only": PriorOnlyMethod,
+    "prior_label": PriorLabelMethod,
+    "fixmatch": FixMatchMethod,
+    "semires": SemiRESMethod,
+    "l2l": L2LMethod,
+    "l2l_no_rple": L2LNoRPLEMethod,
+    "l2l_no_sesm": L2LNoSESMMethod,
+    "l2l_no_evolve": L2LNoEvolveMethod,
 }
 
 

@@ -1,0 +1,77 @@
+"""Prior-as-label baseline: every proposal of D_u, thresholded at 0.5, is a label; no selection, no teacher.
+
+It shows what the MLLM prior is worth as supervision on its own, and so what RPLE's selection and the
+self-evolution add on top. Samples whose prior failed (`has_proposal` false) carry no label.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from l2l.methods.base import Method, StepOutput
+from l2l.methods.losses import ce_dice
+from l2l.methods.semi import check_unlabelled, has_proposal_weight, join_inputs, model_inputs, sigmoid_rampup, split_output
+from l2l.methods.supervised import model_uses_sesm
+from l2l.methods.teacher import Views
+
+
+class PriorLabelMethod(Method):
+    """`L = L_sup + lambda_g L_guide + lambda_u(t) * CE+Dice(student_strong(x_u), [q > 0.5])`."""
+
+    name: ClassVar[str] = "prior_label"
+    needs_unlabelled: ClassVar[bool] = True
+    needs_proposals: ClassVar[bool] = True
+    defaults: ClassVar[dict[str, Any]] = {
+        "lambda_u": 1.0,  # weight of the proposal-label loss after ramp-up
+        "rampup": 0.2,  # fraction of training over which lambda_u ramps up
+        "ce_weight": 1.0,
+        "dice_weight": 1.0,
+        "lambda_g": 0.5,  # weight of L_guide on the labelled part
+        "seed": 0,  # seed of the strong-view generator
+    }
+
+    def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
+        super().__init__(model, {**self.defaults, **cfg}, total_steps, bank)
+        self.views = Views(int(self.cfg["seed"]))
+        self.use_proposals = model_uses_sesm(model)
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return ce_dice(logits, target, weight, ce_weight=float(self.cfg["ce_weight"]),
+                       dice_weight=float(self.cfg["dice_weight"]))
+
+    def train_step(self, batch_l: dict, batch_u: dict | None, step: int) -> StepOutput:
+        batch_u = check_unlabelled(batch_u, self.name)
+        strong = self.views.strong(batch_u["pixel_values"])
+        joined = join_inputs(model_inputs(batch_l, None, self.use_proposals),
+                             model_inputs(batch_u, strong, self.use_proposals))
+        out_l, out_u = split_output(self.model(**joined), batch_l["pixel_values"].shape[0])
+
+        gt = batch_l["mask"].to(out_l["logits"].device).float()
+        loss_sup = self._loss(out_l["logits"], gt)
+        loss, logs = loss_sup, {"loss_sup": float(loss_sup.detach())}
+        refined, lambda_g = out_l.get("refined"), float(self.cfg["lambda_g"])
+        if refined is not None and lambda_g > 0:
+            w = has_proposal_weight(batch_l, refined)
+            if bool(w.any()):
+                loss = loss + lambda_g * self._loss(refined, gt, w)
+
+        logits_u = out_u["logits"]
+        target = (batch_u["proposal"].to(logits_u.device) > 0.5).float()
+        weight = has_proposal_weight(batch_u, logits_u)
+        lam = float(self.cfg["lambda_u"]) * sigmoid_rampup(step, float(self.cfg["rampup"]) * self.total_steps)
+        if bool(weight.any()):
+            loss_u = self._loss(logits_u, target, weight)
+            loss = loss + lam * loss_u
+            logs["loss_unsup"] = float(loss_u.detach())
+        logs.update({"lambda_u": lam, "loss": float(loss.detach())})
+        return StepOutput(loss=loss, logs=logs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"views": self.views.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "views" in state:
+            self.views.generator.set_state(state["views"])

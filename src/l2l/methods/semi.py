@@ -1,0 +1,183 @@
+"""Shared plumbing of the semi-supervised methods: batch joining, the D_u mask guard, ramps, the EMA-teacher base.
+
+Every semi-supervised step runs the student once on labelled + unlabelled samples concatenated (one forward,
+one backward), which is what keeps a semi-supervised step within a small multiple of a supervised one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from l2l.errors import DataError
+from l2l.methods.base import Method
+from l2l.methods.losses import ce_dice
+from l2l.methods.supervised import model_uses_sesm
+from l2l.methods.teacher import EMATeacher, Views, unwrap
+
+
+def check_unlabelled(batch_u: dict | None, method: str) -> dict:
+    """Refuse an unlabelled batch that carries masks: D_u masks must never reach training code."""
+    if batch_u is None:
+        raise ValueError(f"method {method!r} needs an unlabelled batch (needs_unlabelled=True)")
+    if "mask" in batch_u:
+        raise DataError(f"method {method!r}: the unlabelled batch carries a 'mask' entry; D_u masks must never "
+                        "reach training (build the unlabelled dataset with subset='unlabelled')")
+    return batch_u
+
+
+def _pad_tokens(ids: torch.Tensor, length: int) -> torch.Tensor:
+    return F.pad(ids, (0, length - ids.shape[1])) if ids.shape[1] < length else ids
+
+
+def model_inputs(batch: dict, pixel_values: torch.Tensor | None = None, use_proposals: bool = True) -> dict[str, Any]:
+    """Keyword arguments of `RESModel.forward` for one batch (optionally with other pixels, e.g. the strong view)."""
+    kwargs: dict[str, Any] = {
+        "pixel_values": batch["pixel_values"] if pixel_values is None else pixel_values,
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+    }
+    if use_proposals and batch.get("proposal") is not None:
+        kwargs["proposal"] = batch["proposal"]
+        kwargs["has_proposal"] = batch.get("has_proposal")
+    return kwargs
+
+
+def join_inputs(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Concatenate two `model_inputs` along the batch; token tensors are padded to the longer text."""
+    length = max(first["input_ids"].shape[1], second["input_ids"].shape[1])
+    joined: dict[str, Any] = {
+        "pixel_values": torch.cat([first["pixel_values"], second["pixel_values"]]),
+        "input_ids": torch.cat([_pad_tokens(first["input_ids"], length), _pad_tokens(second["input_ids"], length)]),
+        "attention_mask": torch.cat([_pad_tokens(first["attention_mask"], length),
+                                     _pad_tokens(second["attention_mask"], length)]),
+    }
+    if "proposal" in first and "proposal" in second:
+        joined["proposal"] = torch.cat([first["proposal"], second["proposal"]])
+        has = [inp.get("has_proposal") for inp in (first, second)]
+        if all(h is not None for h in has):
+            joined["has_proposal"] = torch.cat([h.bool() for h in has])
+    return joined
+
+
+def split_output(out: dict[str, Any], n_first: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a joined forward's `logits`/`refined` back into the two parts."""
+    first: dict[str, Any] = {}
+    second: dict[str, Any] = {}
+    for key in ("logits", "refined"):
+        value = out.get(key)
+        first[key] = None if value is None else value[:n_first]
+        second[key] = None if value is None else value[n_first:]
+    return first, second
+
+
+def sigmoid_rampup(step: int, length: float) -> float:
+    """`exp(-5 (1 - t)^2)` for t = step/length in [0, 1] (Mean Teacher's ramp): unlabelled weight grows smoothly."""
+    if length <= 0:
+        return 1.0
+    t = min(max(step / length, 0.0), 1.0)
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def binary_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample IoU of two boolean masks `[B, 1, H, W]`; two empty masks count as 1 (they agree)."""
+    a, b = a.flatten(1).bool(), b.flatten(1).bool()
+    inter = (a & b).sum(1).float()
+    union = (a | b).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(union))
+
+
+def has_proposal_weight(batch: dict, like: torch.Tensor) -> torch.Tensor:
+    """Per-pixel weight 1 for samples that have a proposal, 0 for the others (shape of `like`)."""
+    has = batch.get("has_proposal")
+    if has is None:
+        return torch.ones_like(like)
+    return has.to(like.device).float().view(-1, 1, 1, 1).expand_as(like)
+
+
+class TeacherStudentMethod(Method):
+    """Base of the EMA-teacher methods: owns the teacher, the strong views and the supervised part of the loss.
+
+    Subclasses implement `unsupervised(...)`; this class runs the joined student forward and adds
+    `L_sup + lambda_g * L_guide(refined, GT)` on the labelled part.
+    """
+
+    needs_unlabelled: ClassVar[bool] = True
+    needs_proposals: ClassVar[bool] = True
+    defaults: ClassVar[dict[str, Any]] = {
+        "ema_momentum": 0.999,  # teacher momentum (0 = previous-step student, UniMatch-style)
+        "lambda_u": 1.0,  # weight of the unlabelled loss after ramp-up
+        "rampup": 0.2,  # fraction of training over which lambda_u ramps up from ~0
+        "ce_weight": 1.0,  # CE share of every CE+Dice term
+        "dice_weight": 1.0,  # Dice share of every CE+Dice term
+        "lambda_g": 0.5,  # weight of L_guide on SESM's refined proposal
+        "seed": 0,  # seed of the strong-view generator
+    }
+
+    def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
+        super().__init__(model, {**self.defaults, **cfg}, total_steps, bank)
+        self.teacher = EMATeacher(model, float(self.cfg["ema_momentum"]))
+        self.views = Views(int(self.cfg["seed"]))
+        self.use_proposals = model_uses_sesm(model)
+
+    # -- schedule ---------------------------------------------------------------------------------------------
+    def lambda_u(self, step: int) -> float:
+        return float(self.cfg["lambda_u"]) * sigmoid_rampup(step, float(self.cfg["rampup"]) * self.total_steps)
+
+    # -- forwards ---------------------------------------------------------------------------------------------
+    def inputs(self, batch: dict, pixel_values: torch.Tensor | None = None) -> dict[str, Any]:
+        return model_inputs(batch, pixel_values, self.use_proposals)
+
+    def teacher_probs(self, batch: dict) -> torch.Tensor:
+        """Teacher probability on the weak view (the batch's own pixels), `[B, 1, S, S]`."""
+        self.teacher.follow_device(self.model)
+        return torch.sigmoid(self.teacher(**self.inputs(batch))["logits"].float())
+
+    def student_joined(self, batch_l: dict, batch_u: dict, pixels_u: torch.Tensor) -> tuple[dict, dict]:
+        """One student forward on labelled (as given) + unlabelled (`pixels_u`, the strong view)."""
+        out = self.model(**join_inputs(self.inputs(batch_l), self.inputs(batch_u, pixels_u)))
+        return split_output(out, batch_l["pixel_values"].shape[0])
+
+    # -- losses -----------------------------------------------------------------------------------------------
+    def seg_loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return ce_dice(logits, target, weight, ce_weight=float(self.cfg["ce_weight"]),
+                       dice_weight=float(self.cfg["dice_weight"]))
+
+    def supervised(self, out_l: dict, batch_l: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """`L_sup + lambda_g * L_guide` on the labelled part, as in the supervised baseline."""
+        target = batch_l["mask"].to(out_l["logits"].device).float()
+        loss_sup = self.seg_loss(out_l["logits"], target)
+        loss, logs = loss_sup, {"loss_sup": float(loss_sup.detach())}
+        refined, lambda_g = out_l.get("refined"), float(self.cfg["lambda_g"])
+        if refined is not None and lambda_g > 0:
+            weight = has_proposal_weight(batch_l, refined)
+            if bool(weight.any()):
+                loss_guide = self.seg_loss(refined, target, weight)
+                loss = loss + lambda_g * loss_guide
+                logs["loss_guide_l"] = float(loss_guide.detach())
+        return loss, logs
+
+    # -- hooks ------------------------------------------------------------------------------------------------
+    def after_optimizer_step(self, step: int) -> None:
+        self.teacher.update(self.model, step)
+
+    def eval_model(self) -> nn.Module:
+        """The EMA teacher: smoother than the student and what produced the pseudo-labels."""
+        self.teacher.follow_device(self.model)
+        return self.teacher.module
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher": self.teacher.state_dict(), "views": self.views.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        if "views" in state:
+            self.views.generator.set_state(state["views"])
+
+
+__all__ = ["TeacherStudentMethod", "binary_iou", "check_unlabelled", "has_proposal_weight", "join_inputs",
+           "model_inputs", "sigmoid_rampup", "split_output", "unwrap"]
