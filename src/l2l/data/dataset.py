@@ -99,8 +99,12 @@ class RESDataset(Dataset):
         elif split_file is not None:
             raise DataError(f"{split_file}: a split file needs subset 'labelled' or 'unlabelled', not 'all'")
         self.samples: list[RefSample] = []
+        paths: dict[int, Path] = {}
         for ref in refs:
-            img = refer.images[int(ref["image_id"])]
+            image_id = int(ref["image_id"])
+            img = refer.images[image_id]
+            if image_id not in paths:
+                paths[image_id] = refer.image_path(image_id)
             box = tuple(refer.ref_box(ref))
             for sent in ref["sentences"]:
                 self.samples.append(
@@ -109,10 +113,10 @@ class RESDataset(Dataset):
                         ref_id=int(ref["ref_id"]),
                         sent_id=int(sent["sent_id"]),
                         ann_id=int(ref["ann_id"]),
-                        image_id=int(ref["image_id"]),
+                        image_id=image_id,
                         category_id=int(ref["category_id"]),
                         sentence=_sentence_text(sent),
-                        image_path=refer.image_path(int(ref["image_id"])),
+                        image_path=paths[image_id],
                         box=box,  # type: ignore[arg-type]
                         width=int(img["width"]),
                         height=int(img["height"]),

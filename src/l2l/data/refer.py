@@ -9,12 +9,14 @@ the entry, because a silent skip would change the benchmark.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import io
 import json
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -38,6 +40,18 @@ REF_KEYS: tuple[str, ...] = ("ref_id", "ann_id", "image_id", "category_id", "spl
 _POLYGON_TOLERANCE = 1.0
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building millions of small containers (it would rescan them repeatedly)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that refuses every global, so loading can only build dicts, lists, strings and numbers."""
 
@@ -51,9 +65,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
             "plain containers and scalars, so it was refused and nothing was run"
         )
 
-    def persistent_load(self, pid: Any) -> Any:
-        raise DataError(f"{self._source}: the pickle asks for a persistent object {pid!r}; refused")
-
 
 def load_refs_pickle(path: str | Path) -> Any:
     """Load a refs pickle safely: Python-2 byte strings decode as latin1, any global is refused."""
@@ -62,7 +73,8 @@ def load_refs_pickle(path: str | Path) -> Any:
         raise DataError(f"{path}: refs file not found")
     data = path.read_bytes()
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), path).load()
+        with _gc_paused():
+            return _RestrictedUnpickler(io.BytesIO(data), path).load()
     except DataError:
         raise
     except Exception as exc:  # a truncated or corrupt pickle raises many different types
@@ -73,7 +85,7 @@ def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: instances file not found")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f, _gc_paused():
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
@@ -92,6 +104,11 @@ class ReferData:
         self.root = Path(root)
         self.dataset = dataset
         self.split_by = split_by
+        self.image_dir = (
+            self.root / "images" / "shaperefs"
+            if dataset == "shaperefs"
+            else self.root / "images" / "mscoco" / "images" / "train2014"
+        )
         self.refs_path = self.root / dataset / f"refs({split_by}).p"
         self.instances_path = self.root / dataset / "instances.json"
         refs = load_refs_pickle(self.refs_path)
@@ -183,9 +200,7 @@ class ReferData:
         img = self.images.get(int(image_id))
         if img is None:
             raise DataError(f"{self.instances_path}: unknown image_id {image_id}")
-        if self.dataset == "shaperefs":
-            return self.root / "images" / "shaperefs" / img["file_name"]
-        return self.root / "images" / "mscoco" / "images" / "train2014" / img["file_name"]
+        return self.image_dir / img["file_name"]
 
     def ref_box(self, ref: dict) -> list[float]:
         """Box of the referred annotation as [x1, y1, x2, y2] in original image pixels."""
