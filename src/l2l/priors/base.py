@@ -18,6 +18,14 @@ from l2l.priors.prior import DEFAULT_CONFIDENCE, Prior
 # Names accepted by `l2l priors run --provider`.
 PROVIDER_NAMES = ("qwen2.5-vl", "qwen2-vl", "openai", "jsonl", "simulated")
 
+# Default grounding prompts per answer dialect; `{expression}` is replaced by the sentence.
+PROMPTS = {
+    "qwen2.5-vl": ('Locate the one object that this expression refers to: "{expression}". '
+                   'Output its bounding box and one point on it in JSON format: '
+                   '[{"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y], "label": "<object name>"}]'),
+    "qwen2-vl": "Output the bounding box of <|object_ref_start|>{expression}<|object_ref_end|>",
+}
+
 
 @dataclass
 class PriorRequest:

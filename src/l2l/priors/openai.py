@@ -27,10 +27,9 @@ import cv2
 import numpy as np
 
 from l2l.errors import ConfigError
-from l2l.priors.base import PriorProvider, PriorRequest, confidence_from_logprobs
+from l2l.priors.base import PROMPTS, PriorProvider, PriorRequest, confidence_from_logprobs
 from l2l.priors.parse import parse_answer
 from l2l.priors.prior import Prior
-from l2l.priors.qwen import PROMPTS
 
 ANSWER_FORMATS = ("qwen2.5-vl", "qwen2-vl", "pixels")
 # Qwen2-VL / Qwen2.5-VL image processor defaults (what a server uses unless configured otherwise).

@@ -19,16 +19,10 @@ from typing import Sequence
 import torch
 
 from l2l.errors import CheckpointError, ConfigError
-from l2l.priors.base import PriorProvider, PriorRequest, confidence_from_logprobs
+from l2l.priors.base import PROMPTS, PriorProvider, PriorRequest, confidence_from_logprobs
 from l2l.priors.parse import parse_answer
 from l2l.priors.prior import Prior
 
-PROMPTS = {
-    "qwen2.5-vl": ('Locate the one object that this expression refers to: "{expression}". '
-                   'Output its bounding box and one point on it in JSON format: '
-                   '[{"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y], "label": "<object name>"}]'),
-    "qwen2-vl": "Output the bounding box of <|object_ref_start|>{expression}<|object_ref_end|>",
-}
 IMAGE_TOKEN = "<|image_pad|>"
 
 
@@ -94,6 +88,14 @@ class QwenVLProvider(PriorProvider):
             texts.append(text.replace(IMAGE_TOKEN, IMAGE_TOKEN * n_tokens, 1))
         return texts
 
+    def _generate(self, inputs: dict[str, torch.Tensor], prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy answers: (new token ids [B, T], their log-probabilities [B, T]) on the CPU."""
+        out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                  output_scores=True, return_dict_in_generate=True,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        return out.sequences[:, prompt_len:].cpu(), scores.float().cpu()
+
     @torch.no_grad()
     def predict(self, batch: Sequence[PriorRequest]) -> list[Prior]:
         if not batch:
@@ -105,12 +107,7 @@ class QwenVLProvider(PriorProvider):
         if self._mm_types:
             inputs["mm_token_type_ids"] = (enc["input_ids"] == self.image_token_id).long()
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                  output_scores=True, return_dict_in_generate=True,
-                                  pad_token_id=self.tokenizer.pad_token_id)
-        scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-        new_tokens = out.sequences[:, enc["input_ids"].shape[1]:].cpu()
-        scores = scores.float().cpu()
+        new_tokens, scores = self._generate(inputs, enc["input_ids"].shape[1])
         priors = []
         for i, req in enumerate(batch):
             ids, lps = [], []
