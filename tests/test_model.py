@@ -185,9 +185,12 @@ def test_text_cache_is_bounded():
 def test_fine_tuned_text_gets_gradients():
     torch.manual_seed(0)
     net = RESModel(tiny(freeze_text=False)).train()
-    net(**inputs())["logits"].mean().backward()
-    grads = [p.grad for p in net.text.parameters() if p.grad is not None]
-    assert grads and any(g.abs().sum() > 0 for g in grads)
+    out = net(**inputs(), proposal=proposal())
+    (out["logits"].mean() + out["refined"].mean()).backward()
+    # every trainable parameter takes part (DDP without find_unused_parameters)
+    unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused
+    assert any(p.grad.abs().sum() > 0 for p in net.text.parameters())
     assert not net.text._cache
 
 

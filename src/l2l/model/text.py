@@ -44,13 +44,20 @@ def _build_transformer(name: str, load_weights: bool) -> nn.Module:
         raise ConfigError(f"model.text={name}: cannot load a text encoder from {path} ({exc})") from exc
 
 
+def _drop_pooler(model: nn.Module) -> nn.Module:
+    """BERT's pooler is never used here; left in, its parameters get no gradient, which DDP rejects."""
+    if isinstance(getattr(model, "pooler", None), nn.Module):
+        model.pooler = None
+    return model
+
+
 class TextEncoder(nn.Module):
     """Wraps a BERT-like `transformers` model; frozen (cached, no grad, always eval) or fine-tuned."""
 
     def __init__(self, name: str, freeze: bool, cache_size: int, load_weights: bool = True) -> None:
         super().__init__()
         self.name = name
-        self.model = _build_transformer(name, load_weights)
+        self.model = _drop_pooler(_build_transformer(name, load_weights))
         self.dim = int(self.model.config.hidden_size)
         self.frozen = freeze
         self.cache_size = cache_size
@@ -65,7 +72,7 @@ class TextEncoder(nn.Module):
         """Re-read the shipped MiniLM weights (checkpoints of a frozen `minilm` do not store them)."""
         from transformers import AutoModel
 
-        source = AutoModel.from_pretrained(minilm_path())
+        source = _drop_pooler(AutoModel.from_pretrained(minilm_path()))
         self.model.load_state_dict(source.state_dict(), strict=True)
 
     def clear_cache(self) -> None:

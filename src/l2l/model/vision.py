@@ -200,16 +200,20 @@ class HFBackbone(nn.Module):
 
     def __init__(self, path: str, out_features: list[str], load_weights: bool = True) -> None:
         super().__init__()
-        from transformers import AutoBackbone, AutoConfig
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
         if not Path(path).is_dir():
             raise ConfigError(f"model.vision=hf:{path}: directory not found")
         try:
             config = AutoConfig.from_pretrained(path, out_features=list(out_features))
+            # The concrete class, not AutoBackbone.from_pretrained: transformers 5 asks the Hub about the name
+            # first, which fails offline and for local directories.
+            backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(config)]
             if load_weights:
-                self.backbone = AutoBackbone.from_pretrained(path, config=config)
+                self.backbone = backbone_class.from_pretrained(path, config=config)
             else:
-                self.backbone = AutoBackbone.from_config(config)
+                self.backbone = backbone_class(config)
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"model.vision=hf:{path}: cannot load a backbone with out_features "
                               f"{list(out_features)} ({exc})") from exc
