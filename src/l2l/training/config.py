@@ -40,7 +40,9 @@ DEFAULTS: dict[str, Any] = {
         "split_seed": 0,
         "priors": "",  # priors JSONL covering train and val; empty = run `priors_provider`
         "priors_provider": "simulated",  # provider used when `priors` is empty (synthetic data only)
-        "proposal": "gaussian",  # soft proposal method: box | gaussian | grabcut | sam
+        "priors_seed": 0,  # seed of the simulated MLLM (fixed across training seeds, like a real MLLM)
+        "proposal": "gaussian",  # soft proposal method: box | gaussian | grabcut | sam | none (no priors)
+        "sam_checkpoint": "",  # local SAM checkpoint directory (proposal: sam)
         "max_val_samples": 0,  # evaluate on the first N validation samples (0 = all)
     },
     "model": ModelConfig().to_dict(),
@@ -62,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 50,  # optimizer steps between resume checkpoints (also at every epoch end)
         "max_steps": 0,  # stop after this many optimizer steps in total (0 = epochs decide)
         "stop_after_steps": 0,  # test hook: simulate a kill after N optimizer steps of this process (0 = off)
-        "select_metric": "miou",  # validation metric that picks RUN_DIR/best
+        "select_metric": "mIoU",  # validation metric that picks RUN_DIR/best
         "device": "auto",  # auto | cpu | cuda
     },
     "method": {"name": "supervised"},
@@ -100,6 +102,11 @@ def _coerce(key: str, value: Any, default: Any, raw: str | None = None) -> Any:
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         want = "a number"
     elif isinstance(default, str):
         if raw is not None:  # a string field takes the override text as written ("1.0" stays "1.0")
@@ -200,8 +207,8 @@ def _validate(cfg: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: train.lr={train['lr']} must be positive")
     if train["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"{source}: train.device={train['device']!r}: expected auto, cpu or cuda")
-    if train["select_metric"] not in ("miou", "oiou"):
-        raise ConfigError(f"{source}: train.select_metric={train['select_metric']!r}: expected miou or oiou")
+    if train["select_metric"] not in ("mIoU", "oIoU"):
+        raise ConfigError(f"{source}: train.select_metric={train['select_metric']!r}: expected mIoU or oIoU")
     ratio = cfg["data"]["ratio"]
     if not 0.0 < ratio <= 1.0:
         raise ConfigError(f"{source}: data.ratio={ratio} must be in (0, 1]")

@@ -224,42 +224,20 @@ class Trainer:
             return
         if d["proposal"] == "none":
             raise ConfigError(f"method {self.method_cls.name!r} needs proposals but data.proposal=none")
-        from l2l.priors import load_priors
-        from l2l.proposals import build_bank
+        from l2l.proposals import prepare_bank
 
-        cache = self.run_dir / "cache"
-        train_all = RESDataset(d["root"], self.train_id)
-        val_ds = self.val_full
-        size = self.model_config.image_size
+        kwargs = dict(
+            method=d["proposal"], size=self.model_config.image_size, cache_dir=self.run_dir / "cache",
+            priors=d["priors"] or None, provider=d["priors_provider"], seed=d["priors_seed"], progress=False,
+            sam_checkpoint=d["sam_checkpoint"] or None, device=str(self.env.device),
+        )
         for rank_turn in (True, False):  # rank 0 computes first, the others then open the finished files
             if self.env.is_main == rank_turn:
-                if d["priors"]:
-                    priors = load_priors(d["priors"])
-                else:
-                    priors = {}
-                    for ds, name in ((train_all, "train"), (val_ds, "val")):
-                        priors.update(self._run_provider(ds, cache / f"priors-{name}.jsonl"))
-                self.train_bank = build_bank(train_all, priors, d["proposal"], size, cache / "train", progress=False)
-                self.val_bank = build_bank(val_ds, priors, d["proposal"], size, cache / "val", progress=False)
-                self.priors = priors
+                self.train_bank, train_priors = prepare_bank(d["root"], self.train_id, **kwargs)
+                self.val_bank, val_priors = prepare_bank(d["root"], self.val_id, **kwargs)
+                self.priors = {**train_priors, **val_priors}
             if rank_turn:
                 self.env.barrier()
-
-    def _run_provider(self, dataset: RESDataset, out: Path) -> dict[str, Any]:
-        """Priors of `dataset` from `data.priors_provider`; only the simulation runs inside training."""
-        from l2l.priors import load_priors
-        from l2l.priors.run import run_priors
-        from l2l.priors.simulated import SimulatedMLLM
-
-        d = self.cfg["data"]
-        if d["priors_provider"] != "simulated":
-            raise ConfigError(
-                f"data.priors_provider={d['priors_provider']!r}: run `l2l priors run --provider {d['priors_provider']}` "
-                "once and pass its JSONL as data.priors (only the simulated provider runs inside training)"
-            )
-        refer = ReferData(d["root"], d["dataset"], d["split_by"])
-        run_priors(dataset, SimulatedMLLM(refer), out, progress=False)
-        return load_priors(out)
 
     def _build_optimizer(self) -> None:
         """AdamW without weight decay on norms and biases (1-d tensors), poly decay over `total_steps`."""
