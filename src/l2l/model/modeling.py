@@ -6,7 +6,7 @@ Data flow per stage s (strides 4, 8, 16, 32), method.md stage 2:
     M_s = PixelWordAttention(V_s, words)              multimodal features, `dim` channels
     M_s, r_s = SESM(M_s, q resized to s, sentence)     proposal guidance (if `use_sesm`)
     next input = V_s + tanh(gate(M_s)) * proj(M_s)     LAVT's gated residual: language and guidance reach
-                                                       the deeper stages (staged encoders only)
+                                                       the deeper stages (staged encoders, s < 4)
     logits = Decoder(M_1..M_4) upsampled to the input size;  refined = r_1 upsampled (SESM's finest)
 """
 
@@ -150,7 +150,8 @@ class RESModel(nn.Module):
         self.staged = isinstance(self.vision, StagedEncoder)
         self.fusion = nn.ModuleList(
             [PixelWordAttention(c, self.text.dim, config.dim, config.fusion_heads) for c in channels])
-        self.residual = nn.ModuleList([GatedResidual(config.dim, c) for c in channels]) if self.staged else None
+        # gated feedback into the next stage: stages 1-3 only (nothing follows stage 4)
+        self.residual = nn.ModuleList([GatedResidual(config.dim, c) for c in channels[:3]]) if self.staged else None
         self.sesm = nn.ModuleList([SESM(config.dim, self.text.dim) for _ in channels]) if config.use_sesm else None
         self.decoder = Decoder(config.dim, config.decoder_dim)
         if config.freeze_vision:
@@ -215,7 +216,9 @@ class RESModel(nn.Module):
             x = pixel_values
             for i in range(4):
                 x = self.vision.forward_stage(i, x)
-                x = self.residual[i](x, fuse(i, x))
+                mm = fuse(i, x)
+                if i < 3:
+                    x = self.residual[i](x, mm)
         else:
             for i, v in enumerate(self.vision(pixel_values)):
                 fuse(i, v)
