@@ -257,3 +257,21 @@ def test_non_integer_ids_and_coordinates_are_data_errors(tmp_path: Path) -> None
     write_refer(tmp_path, refs, inst)
     with pytest.raises(DataError, match=r"annotation id 41 .*non-numeric"):
         ReferData(tmp_path, "refcoco", "unc").validate()
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda inst: inst["images"][2].update(width="40"), r"images\[2\] needs integer id, height and width"),
+        (lambda inst: inst["annotations"][1].update(bbox=[1, 2, 3]), "annotation id 12 has a bbox"),
+        (lambda inst: inst["annotations"][1].update(image_id=77), "annotation id 12 points to unknown image_id 77"),
+        (lambda inst: inst["categories"].append({"name": "dog"}), r"categories\[2\] needs an integer id"),
+    ],
+)
+def test_malformed_instances_name_the_entry(tmp_path: Path, edit, expected: str) -> None:
+    refs, inst = build_spec()
+    edit(inst)
+    write_refer(tmp_path, refs, inst, images=False)
+    with pytest.raises(DataError, match=expected) as err:
+        ReferData(tmp_path, "refcoco", "unc")
+    assert "instances.json" in str(err.value)

@@ -66,6 +66,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def load_refs_pickle(path: str | Path) -> Any:
     """Load a refs pickle safely: Python-2 byte strings decode as latin1, any global is refused."""
     path = Path(path)
@@ -131,21 +139,26 @@ class ReferData:
         for i, img in enumerate(instances["images"]):
             if not isinstance(img, dict) or any(k not in img for k in ("id", "file_name", "height", "width")):
                 raise DataError(f"{where}: images[{i}] needs id, file_name, height and width")
-            if int(img["height"]) <= 0 or int(img["width"]) <= 0:
-                raise DataError(f"{where}: image id {img['id']} has a non-positive size")
-            self.images[int(img["id"])] = img
+            if not (_is_int(img["id"]) and _is_int(img["height"]) and _is_int(img["width"])):
+                raise DataError(f"{where}: images[{i}] needs integer id, height and width")
+            if img["height"] <= 0 or img["width"] <= 0 or not isinstance(img["file_name"], str):
+                raise DataError(f"{where}: image id {img['id']} has a non-positive size or no file name")
+            self.images[img["id"]] = img
         for i, ann in enumerate(instances["annotations"]):
             if not isinstance(ann, dict) or any(k not in ann for k in ("id", "image_id", "bbox", "segmentation")):
                 raise DataError(f"{where}: annotations[{i}] needs id, image_id, bbox and segmentation")
-            if int(ann["image_id"]) not in self.images:
+            if not (_is_int(ann["id"]) and _is_int(ann["image_id"])):
+                raise DataError(f"{where}: annotations[{i}] needs integer id and image_id")
+            if ann["image_id"] not in self.images:
                 raise DataError(f"{where}: annotation id {ann['id']} points to unknown image_id {ann['image_id']}")
-            if not (isinstance(ann["bbox"], (list, tuple)) and len(ann["bbox"]) == 4):
+            bbox = ann["bbox"]
+            if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
                 raise DataError(f"{where}: annotation id {ann['id']} has a bbox that is not [x, y, w, h]")
-            self.anns[int(ann["id"])] = ann
+            self.anns[ann["id"]] = ann
         for i, cat in enumerate(instances["categories"]):
-            if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-                raise DataError(f"{where}: categories[{i}] needs id and name")
-            self.cats[int(cat["id"])] = str(cat["name"])
+            if not isinstance(cat, dict) or not _is_int(cat.get("id")) or "name" not in cat:
+                raise DataError(f"{where}: categories[{i}] needs an integer id and a name")
+            self.cats[cat["id"]] = str(cat["name"])
 
     def _check_refs(self, refs: Any) -> list[dict]:
         where = self.refs_path
@@ -159,7 +172,7 @@ class ReferData:
             if missing:
                 name = f"ref_id {ref['ref_id']}" if "ref_id" in ref else f"ref #{i}"
                 raise DataError(f"{where}: {name} is missing {', '.join(missing)}")
-            bad = [k for k in ("ref_id", "ann_id", "image_id", "category_id") if not isinstance(ref[k], int)]
+            bad = [k for k in ("ref_id", "ann_id", "image_id", "category_id") if not _is_int(ref[k])]
             if bad:
                 raise DataError(f"{where}: ref #{i} has a non-integer {', '.join(bad)}")
             rid = ref["ref_id"]
