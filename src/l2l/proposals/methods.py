@@ -32,7 +32,12 @@ METHODS = ("box", "gaussian", "grabcut", "sam")
 # GrabCut runs on the box crop resized so its longer side is at most this many pixels: the result is
 # upsampled and softened anyway, and GrabCut's cost grows with the pixel count.
 GRABCUT_MAX_SIDE = 160
-GRABCUT_ITERS = 3
+GRABCUT_ITERS = 2
+# Background ring kept around the box, as a share of the box's longer side: GrabCut's background colour
+# model is learnt from it, so a thin ring gives a poor model and a wide one costs pixels.
+GRABCUT_MARGIN = 0.3
+# GrabCut that keeps less than this share of the box has collapsed (objects fill far more of their tight box).
+GRABCUT_MIN_FILL = 0.15
 # Width of the soft edge of the GrabCut map: sigmoid(signed distance / tau), tau a share of the box size.
 GRABCUT_TAU = 0.04
 # Gaussian bump widths around points, as a share of the box's shorter side.
@@ -165,7 +170,7 @@ def grabcut_map(
     x1, y1, x2, y2 = box
     bw, bh = x2 - x1, y2 - y1
     # The crop keeps a margin of background around the box: GrabCut needs background pixels to model.
-    m = max(4.0, 0.1 * max(bw, bh))
+    m = max(4.0, GRABCUT_MARGIN * max(bw, bh))
     cx1, cy1 = int(max(0, math.floor(x1 - m))), int(max(0, math.floor(y1 - m)))
     cx2, cy2 = int(min(width, math.ceil(x2 + m))), int(min(height, math.ceil(y2 + m)))
     crop = image[cy1:cy2, cx1:cx2]
@@ -185,10 +190,12 @@ def grabcut_map(
         cv2.circle(mask, centre, radius, int(cv2.GC_FGD if label == 1 else cv2.GC_BGD), thickness=-1)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     bgr = np.ascontiguousarray(small[:, :, ::-1])
+    cv2.setRNGSeed(0)  # GrabCut seeds its colour models with k-means: fix it so a proposal is reproducible
     cv2.grabCut(bgr, mask, None, bgd, fgd, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
-    if fg.sum() == 0:
-        raise ValueError("GrabCut labelled every pixel background")
+    fill = float(fg[inside].mean())
+    if fill < GRABCUT_MIN_FILL:
+        raise ValueError(f"GrabCut collapsed to {100 * fill:.0f}% of the box")
     fg_pad = cv2.copyMakeBorder(fg, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     d_in = cv2.distanceTransform(fg_pad, cv2.DIST_L2, 3)[1:-1, 1:-1]
     d_out = cv2.distanceTransform(1 - fg_pad, cv2.DIST_L2, 3)[1:-1, 1:-1]
