@@ -250,3 +250,17 @@ def test_prepare_bank_simulates_priors_once_and_reuses_them(tmp_path: Path) -> N
         prepare_bank(root, "refcoco/unc/train", "gaussian", 32, tmp_path / "cache", provider="openai")
     with pytest.raises(KeyError):  # the bank's missing-sample error is a KeyError for mapping-style callers
         bank.get("no-such-sample")
+
+
+def test_evolved_maps_survive_a_rebuild_unless_asked_to_restart(tmp_path: Path) -> None:
+    image, _, box = _scene()
+    data = _Images({0: image}, [0])
+    priors = {"0:0": Prior("0:0", box, [], 0.9)}
+    bank = build_bank(data, priors, "box", 16, tmp_path, progress=False)
+    original = bank.get("0:0")
+    bank.update("0:0", np.zeros((16, 16), np.float32), np.ones((16, 16), bool), mu=1.0)
+    bank.save()
+    kept = build_bank(data, priors, "box", 16, tmp_path, progress=False)
+    assert kept.evolved("0:0") == 1 and not kept.get("0:0").any()  # a resumed run continues from evolved maps
+    fresh = build_bank(data, priors, "box", 16, tmp_path, progress=False, keep_evolved=False)
+    assert fresh.evolved("0:0") == 0 and np.array_equal(fresh.get("0:0"), original)

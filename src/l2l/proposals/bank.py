@@ -204,7 +204,13 @@ class ProposalBank:
         q = self.get(sample_id)
         q = np.where(accept, (1.0 - mu) * q + mu * p, q).astype(np.float32)
         self._write(sample_id, q)
+        entry = self.entries[sample_id]
+        entry["evolved"] = int(entry.get("evolved", 0)) + 1
         return q
+
+    def evolved(self, sample_id: str) -> int:
+        """How many self-evolution updates the stored map has had since it was computed from its prior."""
+        return int(self._entry(sample_id).get("evolved", 0))
 
     def save(self) -> None:
         """Flush the rows, then atomically replace the index that points at them."""
@@ -226,13 +232,16 @@ def _as_numpy(x: Any, dtype: Any) -> np.ndarray:
 
 def build_bank(dataset: Any, priors: Mapping[str, PriorLike], method: str, size: int, cache_dir: str | os.PathLike,
                progress: bool = True, sam_checkpoint: str | os.PathLike | None = None, device: str = "cpu",
-               save_every: int = 1000) -> ProposalBank:
+               save_every: int = 1000, keep_evolved: bool = True) -> ProposalBank:
     """Open (or create) the bank for `method` at side `size` under `cache_dir` and compute the proposals that
     are missing or whose prior changed. A sample without a prior gets the failed-prior (all-zero) map.
 
     `dataset` needs `.samples` (with `sample_id`, `image_id`, `image_path`, `height`, `width`) and
     `.image(i) -> uint8[H, W, 3]`, as `l2l.data.RESDataset`; samples are grouped by image so each image is
-    decoded (and, for SAM, embedded) once for all its sentences. Use one cache_dir per dataset."""
+    decoded (and, for SAM, embedded) once for all its sentences. Use one cache_dir per dataset.
+
+    Maps rewritten by self-evolution are kept (so a resumed run continues from them) unless
+    `keep_evolved=False`, which restarts them from their priors (a new run sharing an old cache)."""
     bank = ProposalBank(Path(cache_dir) / f"{method}-s{int(size)}", size, method)
     sam = None
     extra = ""
@@ -246,7 +255,7 @@ def build_bank(dataset: Any, priors: Mapping[str, PriorLike], method: str, size:
     by_image: OrderedDict[Any, list[tuple[int, str]]] = OrderedDict()
     for i, s in enumerate(dataset.samples):
         key = prior_key(priors.get(s.sample_id), (s.height, s.width), Path(str(s.image_path)).name, extra)
-        if bank.key(s.sample_id) != key:
+        if bank.key(s.sample_id) != key or (not keep_evolved and bank.evolved(s.sample_id)):
             by_image.setdefault(s.image_path, []).append((i, key))
     todo = sum(len(v) for v in by_image.values())
     if todo == 0:
