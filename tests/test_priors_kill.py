@@ -14,7 +14,6 @@ import pytest
 from l2l.cli.main import main
 from l2l.data.dataset import RESDataset
 from l2l.data.refer import ReferData
-from l2l.data.shaperefs import generate
 from l2l.priors import read_priors
 from l2l.priors.run import run_priors
 from l2l.priors.simulated import SimulatedMLLM
@@ -24,6 +23,7 @@ from l2l.priors.simulated import SimulatedMLLM
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_sigkill_then_rerun_gives_exactly_one_prior_per_sentence(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
+    generate = pytest.importorskip("l2l.data.shaperefs").generate
     root = tmp_path / "data"
     generate(root, 40, seed=0, progress=False, workers=1)
     out = tmp_path / "priors.jsonl"
