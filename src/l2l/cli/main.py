@@ -14,7 +14,7 @@ import sys
 from l2l.errors import L2LError
 
 # Module names under l2l.cli, in the order `l2l --help` lists them.
-COMMAND_MODULES: list[str] = ["data", "eval", "predict", "train", "priors"]
+COMMAND_MODULES: list[str] = ["demo", "data", "priors", "train", "eval", "predict", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,251 @@
+"""The evidence grid: every (method, label ratio, seed) trained with one schedule and scored on the test splits.
+
+Each run lives in `OUT/runs/<method>/r<ratio>/s<seed>/` (a normal training run directory, so a run killed
+half-way resumes from its checkpoint) and ends with `final.json`, the run's result records. A finished run
+is never redone, so the grid can span several sittings. `OUT/results.json` and `OUT/table.md` are rebuilt
+from all finished runs after each one.
+
+Scores are of the model after the last epoch (no checkpoint selection on any split), at the original
+image resolution, on every sentence of every ref of each test split, in two modes: `prior` (the model is
+given the proposal of the (simulated) MLLM prior, the L2L setting) and `prior_free`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from l2l.data.dataset import DataId, RESDataset
+from l2l.evaluation.evaluator import evaluate
+from l2l.methods import get_method_class
+from l2l.training.config import load_config
+from l2l.utils.io import atomic_write_json, atomic_write_text
+
+METRIC_KEYS = ("mIoU", "oIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9")
+QUICK_METHODS = ("supervised", "prior_only", "fixmatch", "semires", "l2l")
+ALL_METHODS = ("supervised", "prior_only", "prior_label", "fixmatch", "semires", "l2l")
+ABLATIONS = ("l2l_no_rple", "l2l_no_sesm", "l2l_no_evolve")
+FULL = "supervised_full"  # the fully supervised upper bound: `supervised` on a 100% split
+
+
+def ratio_tag(ratio: float) -> str:
+    return f"r{ratio:g}"
+
+
+def run_dir_for(out: Path, method: str, ratio: float, seed: int) -> Path:
+    return out / "runs" / method / ratio_tag(ratio) / f"s{seed}"
+
+
+def _modes_for(method: str, uses_sesm: bool) -> list[str]:
+    cls = get_method_class("supervised" if method == FULL else method)
+    if getattr(cls, "uses_proposals_at_eval", False) and not uses_sesm:
+        return ["prior"]  # prior_only: the proposal is the prediction
+    return ["prior", "prior_free"] if uses_sesm else ["prior_free"]
+
+
+def run_one(
+    config: str | Path,
+    root: str | Path,
+    dataset: str,
+    split_by: str,
+    method: str,
+    ratio: float,
+    seed: int,
+    out: Path,
+    eval_splits: Sequence[str],
+    overrides: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Train one grid cell (or resume it) and return its result records; cached in `final.json`."""
+    from l2l.proposals import prepare_bank
+    from l2l.training.trainer import Trainer
+
+    run_dir = run_dir_for(out, method, ratio, seed)
+    final = run_dir / "final.json"
+    if final.is_file():
+        return json.loads(final.read_text(encoding="utf-8"))
+    name = "supervised" if method == FULL else method
+    cfg = load_config(
+        config,
+        [
+            *overrides,
+            f"data.root={root}",
+            f"data.dataset={dataset}",
+            f"data.split_by={split_by}",
+            f"data.ratio={ratio}",
+            f"data.split_seed={seed}",
+            f"seed={seed}",
+            f"method.name={name}",
+        ],
+    )
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, run_dir)
+    summary = trainer.fit()
+    if summary.get("stopped"):
+        raise RuntimeError(f"{run_dir}: training stopped early (train.stop_after_steps is set)")
+    train_s = time.perf_counter() - t0
+    net = trainer.method.eval_model()
+    uses_sesm = bool(trainer.model_config.use_sesm)
+    records: list[dict[str, Any]] = []
+    d = cfg["data"]
+    for split in eval_splits:
+        data_id = DataId(dataset, split_by, split)
+        ds = RESDataset(root, data_id)
+        modes = _modes_for(method, uses_sesm)
+        bank = None
+        if "prior" in modes:
+            bank, _ = prepare_bank(
+                root, data_id, method=d["proposal"], size=trainer.model_config.image_size,
+                cache_dir=out / "cache", priors=None, provider=d["priors_provider"], seed=d["priors_seed"],
+                progress=False,
+            )
+        for mode in modes:
+            metrics = evaluate(
+                net, ds, trainer.processor, bank=bank, use_priors=mode == "prior",
+                batch_size=cfg["train"]["eval_batch_size"], progress=False,
+                out_jsonl=run_dir / f"samples_{split}_{mode}.jsonl",
+            )
+            rec = {"method": method, "ratio": ratio, "seed": seed, "split": split, "mode": mode}
+            rec.update({k: float(metrics[k]) for k in METRIC_KEYS})
+            rec["n"] = int(metrics["n"])
+            rec["train_s"] = round(train_s, 1)
+            records.append(rec)
+            log(f"  {method:<14} ratio={ratio:<5g} seed={seed} {split:<6} {mode:<10} mIoU={rec['mIoU']:.2f} oIoU={rec['oIoU']:.2f}")
+    atomic_write_json(final, records)
+    return records
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    var = sum((v - m) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return m, math.sqrt(var)
+
+
+def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std over seeds per (method, ratio, split, mode); the test splits pooled as split 'test'."""
+    groups: dict[tuple, dict[int, list[dict[str, Any]]]] = {}
+    for r in records:
+        if r["split"] == "val":
+            continue
+        for split in (r["split"], "test"):
+            key = (r["method"], r["ratio"], split, r["mode"])
+            groups.setdefault(key, {}).setdefault(r["seed"], []).append(r)
+    rows = []
+    for (method, ratio, split, mode), by_seed in groups.items():
+        per_seed: dict[str, list[float]] = {k: [] for k in METRIC_KEYS}
+        for recs in by_seed.values():
+            n = sum(x["n"] for x in recs)
+            for k in METRIC_KEYS:  # pooled over test splits weighted by sample count (oIoU approximated likewise)
+                per_seed[k].append(sum(x[k] * x["n"] for x in recs) / max(n, 1))
+        row = {"method": method, "ratio": ratio, "split": split, "mode": mode, "seeds": len(by_seed)}
+        for k in METRIC_KEYS:
+            row[k], row[k + "_std"] = _mean_std(per_seed[k])
+        rows.append(row)
+    order = {m: i for i, m in enumerate((*ALL_METHODS, *ABLATIONS, FULL))}
+    rows.sort(key=lambda r: (r["split"], r["ratio"], order.get(r["method"], 99), r["mode"]))
+    return rows
+
+
+def table_markdown(rows: list[dict[str, Any]], split: str = "test") -> str:
+    lines = [
+        f"Split `{split}`{' (testA and testB pooled, weighted by samples)' if split == 'test' else ''}; mean ± std over seeds, percent.",
+        "",
+        "| ratio | method | mode | seeds | mIoU | oIoU | P@0.5 | P@0.7 | P@0.9 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["split"] != split:
+            continue
+        cells = [f"{r[k]:.2f} ± {r[k + '_std']:.2f}" for k in ("mIoU", "oIoU", "P@0.5", "P@0.7", "P@0.9")]
+        ratio = "100%" if r["method"] == FULL else f"{r['ratio'] * 100:g}%"
+        lines.append(f"| {ratio} | {r['method']} | {r['mode']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_ratio_curve(rows: list[dict[str, Any]], path: Path, mode_pref: Sequence[str] = ("prior", "prior_free")) -> None:
+    """mIoU against label ratio per method (test splits pooled; each method in its main mode)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    methods = sorted({r["method"] for r in rows if r["split"] == "test" and r["method"] != FULL})
+    for method in methods:
+        mine = [r for r in rows if r["split"] == "test" and r["method"] == method]
+        mode = next((m for m in mode_pref if any(r["mode"] == m for r in mine)), None)
+        pts = sorted((r["ratio"], r["mIoU"], r["mIoU_std"]) for r in mine if r["mode"] == mode)
+        if pts:
+            xs, ys, es = zip(*pts)
+            ax.errorbar([x * 100 for x in xs], ys, yerr=es, marker="o", capsize=3, label=f"{method} ({mode})")
+    for r in rows:
+        if r["split"] == "test" and r["method"] == FULL and r["mode"] == "prior_free":
+            ax.axhline(r["mIoU"], color="k", ls="--", lw=1, label="fully supervised (100%)")
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled images (%)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("ShapeRefs test: mIoU vs label ratio")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(out: Path, records: list[dict[str, Any]], command: str) -> list[dict[str, Any]]:
+    rows = aggregate(records)
+    atomic_write_json(out / "results.json", records)
+    parts = [f"# Benchmark results\n\nCommand: `{command}`\n"]
+    for split in ("test", "testA", "testB"):
+        if any(r["split"] == split for r in rows):
+            parts.append(f"## {split}\n\n" + table_markdown(rows, split))
+    atomic_write_text(out / "table.md", "\n".join(parts))
+    if rows:
+        plot_ratio_curve(rows, out / "miou_vs_ratio.png")
+    return rows
+
+
+def grid_cells(
+    methods: Sequence[str], ratios: Sequence[float], seeds: Sequence[int], full: bool = True, ablations: bool = False
+) -> list[tuple[str, float, int]]:
+    """The (method, ratio, seed) cells: every method at every ratio and seed, the fully supervised upper bound
+    once per seed when `full`, and the L2L ablations at the smallest ratio when `ablations`."""
+    for m in (*methods, *(ABLATIONS if ablations else ())):
+        get_method_class(m)  # fail on a typo before any training
+    cells = [(m, r, s) for r in ratios for s in seeds for m in methods]
+    if ablations:
+        cells += [(m, min(ratios), s) for s in seeds for m in ABLATIONS if m not in methods]
+    if full:
+        cells += [(FULL, 1.0, s) for s in seeds]
+    return cells
+
+
+def run_grid(
+    config: str | Path,
+    root: str | Path,
+    dataset: str,
+    split_by: str,
+    cells: Sequence[tuple[str, float, int]],
+    out: str | Path,
+    eval_splits: Sequence[str],
+    overrides: Sequence[str] = (),
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Run every missing cell (finished ones load from their `final.json`), then write the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    for i, (method, ratio, seed) in enumerate(cells, 1):
+        done = (run_dir_for(out, method, ratio, seed) / "final.json").is_file()
+        log(f"[{i}/{len(cells)}] {method} ratio={ratio:g} seed={seed}{' (done, cached)' if done else ''}")
+        t0 = time.perf_counter()
+        records += run_one(config, root, dataset, split_by, method, ratio, seed, out, eval_splits, overrides, log)
+        if not done:
+            log(f"  finished in {time.perf_counter() - t0:.0f}s")
+        write_outputs(out, records, command)
+    return write_outputs(out, records, command)
