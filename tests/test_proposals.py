@@ -264,3 +264,18 @@ def test_evolved_maps_survive_a_rebuild_unless_asked_to_restart(tmp_path: Path) 
     assert kept.evolved("0:0") == 1 and not kept.get("0:0").any()  # a resumed run continues from evolved maps
     fresh = build_bank(data, priors, "box", 16, tmp_path, progress=False, keep_evolved=False)
     assert fresh.evolved("0:0") == 0 and np.array_equal(fresh.get("0:0"), original)
+
+
+def test_bank_pickles_without_copying_its_rows(tmp_path: Path) -> None:
+    import pickle
+
+    bank = ProposalBank(tmp_path / "p", 64, "box")
+    for i in range(10):
+        bank.put(str(i), np.full((64, 64), i / 9.0, np.float32), 0.5, 0.5, key=str(i))
+    bank.save()
+    blob = pickle.dumps(bank)
+    assert len(blob) < 64 * 64  # the rows stay in the file; a worker re-maps it
+    clone = pickle.loads(blob)
+    assert np.array_equal(clone.get("9"), bank.get("9"))
+    bank.update("9", np.zeros((64, 64), np.float32), np.ones((64, 64), bool), mu=1.0)
+    assert not clone.get("9").any()  # both map the same file: the worker sees self-evolution at once

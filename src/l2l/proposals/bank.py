@@ -120,6 +120,16 @@ class ProposalBank:
             return
         self._maps = np.memmap(self._data, np.uint8, "r" if self.readonly else "r+", shape=(have, self.size, self.size))
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the mapped rows (DataLoader workers under spawn re-map the file instead of copying it)."""
+        state = dict(self.__dict__)
+        state["_maps"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open(minimum=self._next_row)
+
     def __len__(self) -> int:
         return len(self.entries)
 
