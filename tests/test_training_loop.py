@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,15 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 # Smaller than tiny.yaml so each run takes a few seconds on a shared 2-core machine.
 FAST = ["model.image_size=32", "model.dim=16", "model.decoder_dim=16", "train.batch_size=8",
         "train.eval_batch_size=1", "data.max_val_samples=6", "train.log_every=1", "data.ratio=0.25"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a loaded 2-core machine two OpenMP threads make tiny steps 100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -103,19 +110,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _rank_main(rank: int, port: int, root: Path, run: Path) -> None:
+    """One rank of a 2-process gloo job (what torchrun's environment variables tell each process)."""
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    try:
+        trainer = Trainer(_cfg(root, "train.epochs=1", "data.max_val_samples=0"), run)
+        summary = trainer.fit()
+        state = trainer.model.state_dict()
+        digest = [float(v.double().sum()) for v in state.values() if v.is_floating_point()]
+        (run / f"rank{rank}.json").write_text(json.dumps({"last": summary["last"], "digest": digest}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def test_two_gloo_processes_match_one_process_evaluation(root: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "l2l.cli.main", "train", "--config", str(CONFIG),
-           "--root", str(root), "--out", str(run), *FAST, "train.epochs=1", "data.max_val_samples=0"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    assert len(lines) == 1  # rank 0 alone prints and writes
-    val = [r for r in _records(run) if "val/prior_free/mIoU" in r][-1]
+    torch.multiprocessing.start_processes(_rank_main, args=(_free_port(), root, run), nprocs=2, start_method="fork")
+    per_rank = [json.loads((run / f"rank{r}.json").read_text()) for r in range(2)]
+    assert per_rank[0]["digest"] == per_rank[1]["digest"]  # averaged gradients and buffers: one model
+    assert per_rank[0]["last"] == per_rank[1]["last"]  # every rank gets the merged metrics
+    records = _records(run)
+    val = [r for r in records if "val/prior_free/mIoU" in r][-1]
     n_val = len(RESDataset(root, "shaperefs/unc/val"))
-    assert val["val/prior_free/n"] == n_val  # distributed padding not double-counted
+    assert val["val/prior_free/n"] == n_val  # the distributed sampler's padding is not double-counted
     single = evaluate(RESModel.from_pretrained(run / "last"), RESDataset(root, "shaperefs/unc/val"),
                       batch_size=1, progress=False)
-    assert single == {k.split("/")[-1]: v for k, v in val.items() if k.startswith("val/prior_free/")}
+    assert single == per_rank[0]["last"]["prior_free"]
