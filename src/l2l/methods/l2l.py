@@ -72,7 +72,7 @@ class L2LMethod(TeacherStudentMethod):
         "rple_init_accept": 0.6,  # initial acceptance probability of every pixel
         "rple_credit": "pixel",  # "pixel" (per-decision parts of the GRPO advantage) or "image" (plain GRPO)
         "utility_weight": 0.5,  # weight of the utility advantage next to the label advantage (0 = off)
-        "proxy_every": 1,  # run a proxy episode on the labelled batch every N steps
+        "proxy_every": 2,  # proxy episode (extra teacher forward on the labelled batch) every N steps
         "fixed_threshold": 0.9,  # l2l_no_rple: accept where max(m, 1 - m) >= this
         "evolve_every": 2,  # rewrite the proposal bank every N epochs (0 = never)
         "evolve_mu": 0.5,  # q <- (1 - mu) q + mu p on accepted pixels

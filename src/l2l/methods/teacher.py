@@ -52,8 +52,11 @@ class EMATeacher:
         m = self.momentum_at(step)
         source = unwrap(student)
         self.follow_device(source)
-        for t_param, s_param in zip(self.module.parameters(), source.parameters(), strict=True):
-            t_param.lerp_(s_param.detach().to(t_param.dtype), 1.0 - m)
+        # Frozen student weights never change, so their teacher copies are already equal: skip them (a frozen
+        # text encoder is most of the parameters). One fused lerp over the rest.
+        pairs = [(t, s) for t, s in zip(self.module.parameters(), source.parameters(), strict=True) if s.requires_grad]
+        if pairs:
+            torch._foreach_lerp_([t for t, _ in pairs], [s.detach() for _, s in pairs], 1.0 - m)
         for t_buf, s_buf in zip(self.module.buffers(), source.buffers(), strict=True):
             t_buf.copy_(s_buf)
         return m
