@@ -49,6 +49,13 @@ class ConstantModel(nn.Module):
         return {"logits": logits, "refined": None}
 
 
+class WeightlessModel(nn.Module):
+    """No parameters at all (like the prior-only baseline): evaluation must still find a device."""
+
+    def forward(self, pixel_values: torch.Tensor, **_: Any) -> dict[str, Any]:
+        return {"logits": torch.full((pixel_values.shape[0], 1, SIDE, SIDE), 10.0), "refined": None}
+
+
 class TextureModel(nn.Module):
     """Logits from the image's red channel: a prediction that differs per sample (for the merge test)."""
 
@@ -94,6 +101,7 @@ def test_evaluate_scores_at_original_resolution_in_both_modes(root: Path, proces
     everything = evaluate(ConstantModel(always=True), dataset, processor, batch_size=5, progress=False)
     assert everything["n"] == len(dataset) == 12
     assert everything["mIoU"] == pytest.approx(100 * np.mean(_whole_image_ious(dataset)))
+    assert evaluate(WeightlessModel(), dataset, processor, progress=False) == everything
     free = evaluate(ConstantModel(), dataset, processor, bank=FullBank(), use_priors=False, progress=False)
     assert free["mIoU"] == 0.0
     jsonl = tmp_path / "prior.jsonl"

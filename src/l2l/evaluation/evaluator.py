@@ -11,6 +11,7 @@ on every rank without the sampler's padding (see `RESMetric.merge_distributed`);
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +71,12 @@ def proposal_batch(
     return processor.maps(maps), torch.tensor(has, dtype=torch.bool)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model lives; a module without weights (e.g. the prior-only baseline) runs on the CPU."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -81,7 +88,7 @@ def predict_logits(
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Network logits float[B,1,S,S] for raw images and sentences (shared by `evaluate` and `Predictor`)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     inputs = {k: v.to(device) for k, v in processor(list(images), list(texts)).items()}
     if proposal is not None:
         inputs["proposal"] = proposal.to(device)
