@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import skimage.data
 import torch
@@ -70,11 +72,23 @@ def _tiny_hf_backbone(kind: str, directory) -> str:
     return f"hf:{directory}"
 
 
+def _tiny_hf_bert(directory) -> str:
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from l2l.model.text import minilm_path
+
+    BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(directory)
+    return f"hf:{directory}"
+
+
 @pytest.mark.parametrize("kind", ["swin", "convnext"])
 def test_hf_backbones_from_local_directory(kind, tmp_path):
     torch.manual_seed(0)
     vision = _tiny_hf_backbone(kind, tmp_path / kind)
-    model = RESModel(ModelConfig(vision=vision, text="tiny", image_size=64, dim=16, decoder_dim=16)).eval()
+    text = _tiny_hf_bert(tmp_path / "bert") if kind == "swin" else "tiny"
+    model = RESModel(ModelConfig(vision=vision, text=text, image_size=64, dim=16, decoder_dim=16)).eval()
     x = {"pixel_values": torch.randn(2, 3, 64, 64), "input_ids": torch.randint(1000, 2000, (2, 6)),
          "attention_mask": torch.ones(2, 6, dtype=torch.long)}
     with torch.no_grad():
@@ -83,6 +97,10 @@ def test_hf_backbones_from_local_directory(kind, tmp_path):
     assert [f.shape[-1] for f in feats] == [16, 8, 4, 2]
     assert out["logits"].shape == (2, 1, 64, 64) and out["refined"].shape == (2, 1, 64, 64)
     model.save_pretrained(tmp_path / "ckpt")
+    # the checkpoint keeps the hf architecture configs and tokenizer: it loads without the original directories
+    shutil.rmtree(tmp_path / kind)
+    shutil.rmtree(tmp_path / "bert", ignore_errors=True)
     loaded = RESModel.from_pretrained(tmp_path / "ckpt")
     with torch.no_grad():
         assert torch.equal(model(**x)["logits"], loaded(**x)["logits"])
+    assert loaded.processor().texts(["a cup"])["input_ids"].shape == (1, loaded.config.max_tokens)

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,8 @@ from l2l.utils.io import atomic_write, atomic_write_text
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
+HF_VISION_DIR = "hf_vision"
+HF_TEXT_DIR = "hf_text"
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -253,7 +258,24 @@ class RESModel(nn.Module):
         atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
         atomic_write_text(directory / CONFIG_NAME, self.config.to_json())
         atomic_write_text(directory / CARD_NAME, _model_card(self.config, card or {}, skip_text))
+        self._save_hf_parts(directory)
         return directory
+
+    def _save_hf_parts(self, directory: Path) -> None:
+        """`hf:` encoders: keep their architecture config (and tokenizer) with the weights, so the directory
+        rebuilds offline on a machine without the original PATH."""
+        if self.config.vision.startswith("hf:"):
+            atomic_write_text(directory / HF_VISION_DIR / "config.json", self.vision.backbone.config.to_json_string())
+        if self.config.text.startswith("hf:"):
+            target = directory / HF_TEXT_DIR
+            atomic_write_text(target / "config.json", self.text.model.config.to_json_string())
+            staging = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=directory))
+            try:
+                self.processor().tokenizer.save_pretrained(str(staging))
+                for item in staging.iterdir():
+                    os.replace(item, target / item.name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "RESModel":
@@ -271,6 +293,9 @@ class RESModel(nn.Module):
             config = ModelConfig.from_json(directory / CONFIG_NAME)
         except ConfigError as exc:
             raise CheckpointError(f"{directory / CONFIG_NAME}: {exc}") from exc
+        for name, sub in (("vision", HF_VISION_DIR), ("text", HF_TEXT_DIR)):
+            if getattr(config, name).startswith("hf:") and (directory / sub / "config.json").is_file():
+                setattr(config, name, f"hf:{(directory / sub).resolve()}")
         try:
             with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as f:
                 metadata = f.metadata() or {}
