@@ -55,7 +55,8 @@ def test_config_unknown_key_names_nearest():
 
 
 @pytest.mark.parametrize("bad", [{"vision": "resnet"}, {"text": "hf:"}, {"image_size": 100},
-                                 {"guidance_dropout": 1.5}, {"dim": 30, "fusion_heads": 4}])
+                                 {"guidance_dropout": 1.5}, {"dim": 30, "fusion_heads": 4},
+                                 {"use_sesm": "yes"}, {"max_tokens": 0}, {"guidance_dropout": "0.3"}])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         ModelConfig(**bad)

@@ -66,11 +66,15 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "text_cache_size" else 1):
                 raise ConfigError(f"model.{name}={value!r}: expected a positive integer")
+        for name in ("freeze_text", "freeze_vision", "pretrained", "use_sesm", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"model.{name}={getattr(self, name)!r}: expected true or false")
         if self.image_size % 32:
             raise ConfigError(f"model.image_size={self.image_size}: must be a multiple of 32 (the coarsest stride)")
         if self.dim % self.fusion_heads:
             raise ConfigError(f"model.dim={self.dim} is not divisible by model.fusion_heads={self.fusion_heads}")
-        if not 0.0 <= float(self.guidance_dropout) <= 1.0:
+        p = self.guidance_dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ConfigError(f"model.guidance_dropout={self.guidance_dropout!r}: expected a probability in [0, 1]")
         if len(self.hf_out_features) != 4:
             raise ConfigError(f"model.hf_out_features={self.hf_out_features!r}: expected four stage names")
