@@ -7,7 +7,8 @@
 Configs:
 - `cpu-default`: EfficientNet-Lite0 (ImageNet weights) + frozen MiniLM, 128x128, batch 16 (configs/shaperefs.yaml);
 - `lavt-size`: a Swin-B-shaped `SwinConfig` + BERT-base `BertConfig` with RANDOM weights (no hub access; speed does
-  not depend on the weight values), 480x480, BERT fine-tuned as in LAVT, fusion/decoder width 256, batch 2 on CPU.
+  not depend on the weight values), 480x480, BERT fine-tuned as in LAVT, fusion/decoder width 256, batch 8 on GPU;
+  on a CPU batch 1, one timed step and no warm-up (a minute or more per step there: indicative only).
 
 What one step is: forward with a soft proposal (SESM on, the L2L setting), CE + Dice on the mask and the refined
 proposal, backward, AdamW. Inputs are prepared tensors (data loading excluded); every step has new sentences, so
@@ -81,7 +82,7 @@ def build_config(name: str, tmp: Path) -> tuple[ModelConfig, int]:
         swin, bert = lavt_dirs(tmp)
         cfg = ModelConfig(vision=f"hf:{swin}", text=f"hf:{bert}", image_size=480, dim=256, decoder_dim=256,
                           fusion_heads=8, freeze_text=False, pretrained=False, channels_last=False)
-        return cfg, 2
+        return cfg, 8
     raise SystemExit(f"unknown config {name!r}; choose cpu-default or lavt-size")
 
 
@@ -295,8 +296,11 @@ def run_config(name: str, device: torch.device, dtype: torch.dtype | None, steps
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         cfg, batch = build_config(name, tmp)
-        big = name == "lavt-size" and device.type == "cpu"  # minutes per step: replay once, no warm-up
         batch = batch_override or batch
+        # LAVT-size on a CPU takes a minute or more per step: no warm-up steps, one replay, batch 1 (indicative only)
+        big = name == "lavt-size" and device.type == "cpu"
+        if big and batch_override is None:
+            batch = 1
         torch.manual_seed(0)
         model = RESModel(cfg).to(device)
         model.train()
@@ -305,14 +309,16 @@ def run_config(name: str, device: torch.device, dtype: torch.dtype | None, steps
         batches = [to_device(x, device) for x in make_batches(model, batch, steps + 1, seed=1)]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        train_step(model, opt, batches[-1], dtype)  # warm-up (allocations, AdamW state)
+        if not big:
+            train_step(model, opt, batches[-1], dtype)  # warm-up (allocations, AdamW state)
         train_s = timed(lambda i: train_step(model, opt, batches[i], dtype), steps, device)
         model.eval()
         with torch.no_grad():
             model.text.clear_cache()
-            with autocast(device, dtype):
-                forward(model, batches[-1])
-            model.text.clear_cache()
+            if not big:
+                with autocast(device, dtype):
+                    forward(model, batches[-1])
+                model.text.clear_cache()
 
             def eval_step(i: int) -> None:
                 with autocast(device, dtype):
@@ -334,6 +340,8 @@ def run_config(name: str, device: torch.device, dtype: torch.dtype | None, steps
             "model": cfg.to_dict(),
             "batch": batch,
             "steps": steps,
+            "protocol": (f"{steps} timed step(s), no warm-up, parts replayed once" if big
+                         else f"1 warm-up + {steps} timed steps, parts replayed twice after a warm-up"),
             "params_total_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "params_trained_m": sum(p.numel() for p in params) / 1e6,
             "train_images_per_s": batch * steps / train_s,
@@ -375,6 +383,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['config']} ({r['model']['image_size']}px) | {r['batch']} | {r['train_images_per_s']:.2f} | "
                      f"{r['eval_images_per_s']:.2f} | {r['peak_memory_mib']:.0f} | {r['train_step_s']:.3f} | "
                      f"{r['achieved_flops_per_s'] / 1e9:.1f} | {100 * r['fraction_of_matmul_peak']:.1f}% |")
+    lines += [""] + [f"- {r['config']}: {r['protocol']}; {r['params_total_m']:.1f} M parameters, "
+                     f"{r['params_trained_m']:.1f} M trained; {r['flops_per_step'] / 1e9:.1f} GFLOP per step "
+                     f"(forward + backward); wall {r.get('wall_s', 0)} s." for r in report["results"]]
     lines += ["", "Share of the training step (forward + backward of each part replayed alone; other = loss, "
               "upsampling, optimizer, glue) and each part's FLOP rate as a share of the matmul peak:", "",
               "| config | " + " | ".join(PARTS) + " | other |", "|---" * (len(PARTS) + 2) + "|"]
@@ -396,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", default=["cpu-default", "lavt-size"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="autocast dtype (bf16 on GPU)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 8 cpu-default, 2 lavt-size "
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 8 cpu-default, 1 lavt-size "
                         "on CPU; 20 on GPU)")
     parser.add_argument("--batch", type=int, default=None, help="override every config's batch size")
     parser.add_argument("--note", default="", help="a remark for the report (e.g. shared machine)")
@@ -407,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if args.dtype == "bf16" else None
     if args.child:
         peak = json.loads(os.environ["L2L_BENCH_PEAK"])
-        steps = args.steps or (20 if device.type == "cuda" else (2 if args.child == "lavt-size" else 8))
+        steps = args.steps or (20 if device.type == "cuda" else (1 if args.child == "lavt-size" else 8))
         result = run_config(args.child, device, dtype, steps, args.batch, peak)
         print("RESULT " + json.dumps(result))
         return 0
