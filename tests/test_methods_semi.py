@@ -141,6 +141,10 @@ def test_label_reward_hand_case() -> None:
     assert float((accept * value).sum()) == pytest.approx((2 - 2.0 * 1) / 4)
     pooled = label_reward_map(yhat, gt, beta=2.0, factor=2)  # one decision for the block: (2 - 2*2)/4
     assert pooled.flatten().tolist() == pytest.approx([-0.5])
+    # balanced: 3 candidate-bg pixels and 1 candidate-fg pixel each carry half of the weight; signs unchanged
+    yhat1 = torch.tensor([[1, 0], [0, 0]], dtype=torch.bool).view(1, 1, 2, 2)
+    balanced = label_reward_map(yhat1, gt, beta=2.0, factor=1, balance=True).flatten()
+    assert balanced.tolist() == pytest.approx([0.5, 1 / 6, 1 / 6, -2 / 6])
 
 
 @pytest.mark.parametrize("credit", ["pixel", "image"])

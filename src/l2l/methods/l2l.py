@@ -66,7 +66,9 @@ class L2LMethod(TeacherStudentMethod):
         "rple_factor": 4,  # the policy decides per factor x factor block (S/4 grid)
         "rple_samples": 4,  # K acceptance masks sampled per image
         "rple_beta": 2.0,  # label reward (TP - beta FP)/N: accept a pixel when P(right) > beta/(1+beta)
+        "rple_balance": True,  # label reward: foreground and background candidates weigh half each
         "rple_entropy": 0.01,  # entropy bonus of the policy
+        "rple_logit_reg": 0.005,  # L2 penalty on policy logits: keeps decisions from saturating (|logit| ~ 4)
         "rple_lr": 1e-3,  # Adam learning rate of the policy
         "rple_width": 32,  # channels of the policy's conv net
         "rple_init_accept": 0.6,  # initial acceptance probability of every pixel
@@ -86,7 +88,7 @@ class L2LMethod(TeacherStudentMethod):
             raise ConfigError(f"method.rple_credit={c['rple_credit']!r}: expected 'pixel' or 'image'")
         self.factor = int(c["rple_factor"])
         self.rple = RPLE(factor=self.factor, samples=int(c["rple_samples"]), beta=float(c["rple_beta"]),
-                         entropy_coef=float(c["rple_entropy"]), lr=float(c["rple_lr"]), width=int(c["rple_width"]),
+                         entropy_coef=float(c["rple_entropy"]), logit_reg=float(c["rple_logit_reg"]), lr=float(c["rple_lr"]), width=int(c["rple_width"]),
                          init_accept=float(c["rple_init_accept"]), credit=str(c["rple_credit"]),
                          seed=int(c["seed"])) if self.use_rple else None
         self.utility = self.use_rple and float(c["utility_weight"]) > 0
@@ -187,7 +189,7 @@ class L2LMethod(TeacherStudentMethod):
             state_l = self.state(batch_l, p_l, torch.sigmoid(out_l["logits"].detach().float()), yhat_l)
             n_l = state_l.shape[0]
             states.insert(0, state_l)
-            label_vals.insert(0, label_reward_map(yhat_l, gt, self.rple.beta, f))
+            label_vals.insert(0, label_reward_map(yhat_l, gt, self.rple.beta, f, bool(self.cfg["rple_balance"])))
             util_vals.insert(0, state_l.new_zeros(n_l, 1, h, h))
             rows_label.insert(0, torch.ones(n_l, dtype=torch.bool))
         rows_l = torch.cat(rows_label).to(state_u.device)

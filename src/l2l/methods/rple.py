@@ -108,13 +108,23 @@ def build_state(
     return torch.cat(channels, dim=1)
 
 
-def label_reward_map(candidate: torch.Tensor, gt: torch.Tensor, beta: float, factor: int) -> torch.Tensor:
+def label_reward_map(candidate: torch.Tensor, gt: torch.Tensor, beta: float, factor: int,
+                     balance: bool = False) -> torch.Tensor:
     """Per-decision label reward `[B, 1, S/f, S/f]`; summed over accepted decisions it is `(TP - beta*FP) / N`.
 
     TP/FP count accepted *pixels* whose candidate label is right/wrong (foreground or background), N all pixels.
+    A pixel is worth accepting when P(right) > beta / (1 + beta). With `balance` each candidate class carries half
+    of the image's weight (a pixel counts `N / (2 N_class)`): the accept/reject optimum per pixel is unchanged, but
+    the few foreground decisions, whose errors hurt Dice most, no longer drown in the easy background ones.
     """
     right = (candidate.bool() == gt.bool()).float()
     value = right - beta * (1.0 - right)
+    if balance:
+        fg = candidate.bool().float()
+        n = float(fg[0].numel())
+        n_fg = fg.flatten(1).sum(1).clamp_min(1.0).view(-1, 1, 1, 1)
+        n_bg = (1.0 - fg).flatten(1).sum(1).clamp_min(1.0).view(-1, 1, 1, 1)
+        value = value * torch.where(fg > 0, n / (2.0 * n_fg), n / (2.0 * n_bg))
     h = candidate.shape[-1] // factor
     return _pool(value, factor) / float(h * h)
 
@@ -166,6 +176,7 @@ class RPLE:
         samples: int = 4,
         beta: float = 2.0,
         entropy_coef: float = 0.01,
+        logit_reg: float = 0.005,
         lr: float = 1e-3,
         width: int = 32,
         init_accept: float = 0.6,
@@ -175,7 +186,7 @@ class RPLE:
         if samples < 2:
             raise ValueError(f"RPLE needs at least 2 samples per image for a group advantage, got {samples}")
         self.factor, self.samples, self.beta = int(factor), int(samples), float(beta)
-        self.entropy_coef, self.credit = float(entropy_coef), credit
+        self.entropy_coef, self.logit_reg, self.credit = float(entropy_coef), float(logit_reg), credit
         self.policy = AcceptancePolicy(len(STATE_CHANNELS), width, init_accept)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -217,7 +228,9 @@ class RPLE:
                 logs[f"rple/reward_{name}"] = float(reward.sum(dim=(2, 3, 4))[:, rows].mean())
         logp = -F.binary_cross_entropy_with_logits(logits.unsqueeze(0).expand_as(masks), masks, reduction="none")
         entropy = binary_entropy(probs).mean() * math.log(2.0)
-        loss = -(advantage * logp).mean() - self.entropy_coef * entropy
+        # The entropy bonus's gradient vanishes once a decision saturates; the logit penalty's does not, so a
+        # policy that rejected everything while early candidates were bad can still learn to accept later.
+        loss = -(advantage * logp).mean() - self.entropy_coef * entropy + self.logit_reg * logits.pow(2).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
