@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "grad_clip": 0.0,  # max gradient norm (0 = off)
         "bf16": False,  # bf16 autocast; on CUDA it helps, on CPU only where measured faster
         "num_workers": 0,  # DataLoader workers per process
+        "threads": 0,  # intra-op CPU threads per process (0 = torch's default); 1 helps on an oversubscribed CPU
         "weak_flip": True,  # random horizontal flip with left/right word swap on training batches
         "val_every": 1,  # validate every N epochs (and always after the last)
         "log_every": 10,  # optimizer steps between metrics.jsonl / TensorBoard entries
@@ -200,7 +201,7 @@ def _validate(cfg: dict[str, Any], source: str) -> None:
     for key in ("epochs", "batch_size", "unlabelled_batch_size", "eval_batch_size", "grad_accum", "val_every", "log_every", "checkpoint_every"):
         if train[key] < 1:
             raise ConfigError(f"{source}: train.{key}={train[key]} must be at least 1")
-    for key in ("max_steps", "stop_after_steps", "num_workers"):
+    for key in ("max_steps", "stop_after_steps", "num_workers", "threads"):
         if train[key] < 0:
             raise ConfigError(f"{source}: train.{key}={train[key]} must not be negative")
     if train["lr"] <= 0:
