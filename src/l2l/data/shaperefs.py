@@ -167,6 +167,12 @@ def _try_image(assets: scene_mod.Assets, rng: np.random.Generator, index: int, s
     return image, record
 
 
+def _init_worker() -> None:
+    """One OpenCV thread per worker (the images are small and the workers fill the cores); assets once."""
+    cv2.setNumThreads(1)
+    scene_mod.load_assets()
+
+
 def _work(args: tuple[int, int, str, str]) -> ImageRecord:
     seed, index, split, images_dir = args
     return make_image(seed, index, split, Path(images_dir))
@@ -196,16 +202,17 @@ def generate(out_root: Path, num_images: int, seed: int, progress: bool = True, 
         raise DataError(f"{out_root}: cannot create the output folders ({exc})") from None
     splits = split_of_images(num_images, seed)
     jobs = [(seed, i, splits[i], str(images_dir)) for i in range(num_images)]
-    scene_mod.load_assets()  # once in the parent, inherited by forked workers
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=num_images, desc="shaperefs", unit="img")
     records: list[ImageRecord] = []
-    if workers > 1 and num_images >= 64:
-        with mp.get_context("fork").Pool(workers) as pool:
-            for rec in pool.imap(_work, jobs, chunksize=32):
+    if workers > 1 and num_images >= 8 * workers:
+        # Fresh ("spawn") workers: forking a parent that already runs OpenCV or torch threads can hang.
+        with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+            chunk = max(1, min(32, num_images // (4 * workers)))
+            for rec in pool.imap(_work, jobs, chunksize=chunk):
                 records.append(rec)
                 if bar:
                     bar.update()
@@ -329,7 +336,7 @@ def render_grid(root: Path, out_png: Path, n: int = 12, seed: int = 0) -> Path:
         mask = data.ref_mask(ref)
         # Dim everything but the mask and outline it: a colour overlay would change the referent's colour.
         shown = img.astype(np.float32)
-        shown[~mask] *= 0.4
+        shown[~mask] *= 0.55
         shown = shown.astype(np.uint8)
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(shown, contours, -1, (255, 255, 255), 1)
@@ -340,6 +347,6 @@ def render_grid(root: Path, out_png: Path, n: int = 12, seed: int = 0) -> Path:
         ax.set_title(f"[{ref['split']}] {sent}", fontsize=8, wrap=True)
     fig.tight_layout()
     out_png = Path(out_png)
-    atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=72, format="png"))
     plt.close(fig)
     return out_png

@@ -354,7 +354,7 @@ def _the(rng: np.random.Generator) -> str:
 
 
 def word(query: Query, scene: Scene, rng: np.random.Generator) -> str:
-    """One wording of `query` (lower case, no punctuation); the scene decides "bigger" vs "biggest"."""
+    """One wording of `query` (lower case; a comma at most); the scene decides "bigger" vs "biggest"."""
     f, d = query.filter, query.direction
     np_ = _np_variants(f, rng)
     the = _the(rng)
@@ -403,6 +403,6 @@ def word(query: Query, scene: Scene, rng: np.random.Generator) -> str:
         }[d]
         r = _pick(rng, rel)
         if rng.random() < 0.25:  # landmark first, as annotators often type it
-            return f"{r} {lm} {_noun_phrase(f, rng)[0]}"
+            return f"{r} {lm}, {the}{_noun_phrase(f, rng)[0]}"
         return f"{the}{np_} {r} {lm}"
     raise ValueError(f"unknown query kind: {query.kind}")
