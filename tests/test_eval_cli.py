@@ -175,7 +175,16 @@ def test_cli_eval_table_metrics_json_and_jsonl(root: Path, checkpoint: Path, tmp
     assert recomputed.compute() == pytest.approx({k: row[k] for k in recomputed.compute()})
 
 
-@pytest.mark.parametrize("case", ["bad_id", "no_checkpoint", "prior_mode_without_priors"])
+def test_cli_eval_simulated_priors(root: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--root", str(root), "--data", "refcoco/unc/val",
+                 "--out", str(out), "--simulated-priors", "--modes", "prior"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert [(r["mode"], r["n"]) for r in report["results"]] == [("prior", 3)]
+    assert report["priors"] == "simulated MLLM, seed 0" and report["proposal_method"] == "gaussian"
+
+
+@pytest.mark.parametrize("case", ["bad_id", "no_checkpoint", "prior_mode_without_priors", "two_prior_sources"])
 def test_cli_eval_errors_exit_2(case: str, root: Path, checkpoint: Path, tmp_path: Path,
                                 capsys: pytest.CaptureFixture) -> None:
     args = ["eval", "--checkpoint", str(checkpoint), "--root", str(root), "--data", "refcoco/unc/val",
@@ -184,9 +193,12 @@ def test_cli_eval_errors_exit_2(case: str, root: Path, checkpoint: Path, tmp_pat
         args[args.index("refcoco/unc/val")] = "refcoco/val"
     elif case == "no_checkpoint":
         args[2] = str(tmp_path / "nothing")
-    else:
+    elif case == "prior_mode_without_priors":
         args += ["--modes", "prior"]
+    else:
+        args += ["--simulated-priors", "--priors", str(tmp_path / "p.jsonl")]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
-    assert {"bad_id": "refcoco/val", "no_checkpoint": "nothing", "prior_mode_without_priors": "--priors"}[case] in err
+    assert {"bad_id": "refcoco/val", "no_checkpoint": "nothing", "prior_mode_without_priors": "--priors",
+            "two_prior_sources": "not both"}[case] in err

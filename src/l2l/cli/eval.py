@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Metrics are computed at the original image resolution.",
         epilog="Example: l2l eval --checkpoint runs/shaperefs/best --root data --data shaperefs/unc/val "
         "--data shaperefs/unc/testA --out runs/shaperefs/eval --priors data/priors/val.jsonl "
-        "--proposal-method gaussian",
+        "--proposal-method gaussian  (ShapeRefs: --simulated-priors instead of --priors)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="directory written by save_pretrained")
@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory for metrics.json and JSONL files")
     p.add_argument("--priors", type=Path, action="append", default=None,
                    help="priors JSONL for the with-priors mode; one per --data, or one file for all")
+    p.add_argument("--simulated-priors", action="store_true",
+                   help="with-priors mode from the simulated MLLM (synthetic data such as ShapeRefs only)")
+    p.add_argument("--priors-seed", type=int, default=0, help="seed of the simulated MLLM")
     p.add_argument("--proposal-method", default="gaussian", help="proposal from the priors: box, gaussian, grabcut, sam")
     p.add_argument("--sam-checkpoint", type=Path, default=None, help="local SAM checkpoint (proposal method sam)")
     p.add_argument("--proposal-cache", type=Path, default=None,
@@ -68,21 +71,18 @@ def _setup_device(requested: str | None) -> tuple[torch.device, bool]:
 
 
 def _modes(args: argparse.Namespace) -> list[bool]:
-    if args.modes == "prior" and not args.priors:
-        raise ConfigError("--modes prior needs --priors FILE")
+    have_priors = bool(args.priors) or args.simulated_priors
+    if args.priors and args.simulated_priors:
+        raise ConfigError("give either --priors FILE or --simulated-priors, not both")
+    if args.priors and len(args.priors) not in (1, len(args.data)):
+        raise ConfigError(f"got {len(args.priors)} --priors files for {len(args.data)} --data ids; give one or one each")
+    if args.modes == "prior" and not have_priors:
+        raise ConfigError("--modes prior needs --priors FILE (or --simulated-priors on synthetic data)")
     if args.modes == "prior":
         return [True]
-    if args.modes == "prior_free" or not args.priors:
+    if args.modes == "prior_free" or not have_priors:
         return [False]
     return [False, True]
-
-
-def _priors_for(args: argparse.Namespace, k: int) -> Path:
-    if len(args.priors) == 1:
-        return args.priors[0]
-    if len(args.priors) != len(args.data):
-        raise ConfigError(f"got {len(args.priors)} --priors files for {len(args.data)} --data ids; give one or one each")
-    return args.priors[k]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
         if rank == 0:
             atomic_write_json(args.out / "metrics.json", {
                 "checkpoint": str(args.checkpoint), "root": str(args.root), "resolution": RESOLUTION_NOTE,
-                "proposal_method": args.proposal_method if args.priors else None,
-                "priors": [str(p) for p in args.priors] if args.priors else None, "results": rows,
+                "proposal_method": args.proposal_method if True in modes else None,
+                "priors": ([str(p) for p in args.priors] if args.priors
+                           else f"simulated MLLM, seed {args.priors_seed}" if args.simulated_priors else None),
+                "results": rows,
             })
             print(format_table(rows))
             print(f"metrics in percent at the original image resolution; wrote {args.out / 'metrics.json'}")
@@ -132,14 +134,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _bank(args: argparse.Namespace, k: int, dataset: Any, size: int, device: torch.device, rank: int) -> Any:
     """Build (rank 0) or open (other ranks, after a barrier) the proposal bank of one dataset id."""
-    from l2l.priors.store import load_priors
-    from l2l.proposals import ProposalBank, build_bank
+    from l2l.proposals import ProposalBank
+    from l2l.proposals.prepare import prepare_bank
 
-    cache = (args.proposal_cache or args.out / "proposals") / str(dataset.data_id).replace("/", "_")
+    cache = args.proposal_cache or args.out / "proposals"
+    data_id = dataset.data_id
     bank = None
     if rank == 0:
-        bank = build_bank(dataset, load_priors(_priors_for(args, k)), args.proposal_method, size, cache,
-                          sam_checkpoint=args.sam_checkpoint, device=str(device))
+        priors = (args.priors[k] if len(args.priors) > 1 else args.priors[0]) if args.priors else None
+        bank, _ = prepare_bank(args.root, data_id, args.proposal_method, size, cache, priors=priors,
+                               provider="simulated", seed=args.priors_seed, sam_checkpoint=args.sam_checkpoint,
+                               device=str(device))
     if dist.is_initialized():
         dist.barrier()
-    return bank if bank is not None else ProposalBank.open(cache / f"{args.proposal_method}-s{int(size)}")
+    if bank is None:
+        where = cache / f"{data_id.dataset}_{data_id.split_by}_{data_id.split}" / f"{args.proposal_method}-s{int(size)}"
+        bank = ProposalBank.open(where)
+    return bank
