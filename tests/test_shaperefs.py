@@ -13,7 +13,16 @@ from pycocotools.coco import COCO
 
 from l2l.data import shaperefs
 from l2l.data.refer import ReferData, load_refs_pickle
-from l2l.data.shaperefs_grammar import Filter, Query, Scene, SceneObject, refers_uniquely, resolve
+from l2l.data.shaperefs_grammar import (
+    COLOUR_WORDS,
+    NOUNS,
+    Filter,
+    Query,
+    Scene,
+    SceneObject,
+    refers_uniquely,
+    resolve,
+)
 from l2l.data.shaperefs_scene import CATEGORIES, PHOTOS
 
 N = 30
@@ -63,6 +72,18 @@ def _mirror(scene: Scene, query: Query) -> tuple[Scene, Query]:
     return Scene(scene.width, scene.height, objs), replace(query, direction=d)
 
 
+def _check_wording(q: Query, sent: str) -> None:
+    """The sentence says what the query means: its noun, colour and side words."""
+    words = f" {sent} "
+    if q.filter.category:
+        assert any(f" {n} " in words for n in NOUNS[q.filter.category]), (q, sent)
+    if q.filter.colour:
+        assert any(f" {c} " in words for c in COLOUR_WORDS[q.filter.colour]), (q, sent)
+    side = q.direction.split()[-1] if q.direction else ""
+    if side in ("left", "right") and q.kind != "compare":
+        assert side in sent and {"left": "right", "right": "left"}[side] not in sent, (q, sent)
+
+
 def test_every_expression_names_exactly_one_object(generated: tuple[Path, dict]) -> None:
     root, _ = generated
     data = ReferData(root, "shaperefs", "unc")
@@ -75,11 +96,14 @@ def test_every_expression_names_exactly_one_object(generated: tuple[Path, dict])
             x, y, w, h = data.anns[ann["id"]]["bbox"]
             assert obj.cx == pytest.approx(x + w / 2) and obj.cy == pytest.approx(y + h / 2)
             assert CATEGORIES[data.anns[ann["id"]]["category_id"] - 1] == obj.category
-        for target, queries in zip(rec.targets, rec.queries):
-            for q in queries:
-                assert resolve(rec.scene, q) == [target]
-                assert refers_uniquely(rec.scene, q, target)
-                assert refers_uniquely(*_mirror(rec.scene, q), target)  # text-aware flip keeps the referent
+        written = [[s["sent"] for s in r["sentences"]] for r in data.refs if r["image_id"] == index + 1]
+        assert written == [[s for _raw, s, _tok in ref.sentences] for ref in rec.refs]
+        for ref in rec.refs:
+            for q, (_raw, sent, _tok) in zip(ref.queries, ref.sentences):
+                _check_wording(q, sent)
+                assert resolve(rec.scene, q) == [ref.target]
+                assert refers_uniquely(rec.scene, q, ref.target)
+                assert refers_uniquely(*_mirror(rec.scene, q), ref.target)  # the text-aware flip keeps it
                 checked += 1
     assert checked >= N
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import pickle
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +47,24 @@ VERSION = 1
 
 
 @dataclass
+class RefRecord:
+    """One referred object: its index in the scene, the checked queries and their wordings."""
+
+    target: int
+    queries: list[grammar.Query]
+    sentences: list[tuple[str, str, list[str]]]  # (raw, sent, tokens) per query
+
+
+@dataclass
 class ImageRecord:
     """One generated image, with ids local to it (the parent numbers refs and sentences)."""
 
     image: dict
     annotations: list[dict]
-    # per ref: (annotation index, [(raw, sent, tokens)], [query kinds], photo referent)
-    refs: list[tuple[int, list[tuple[str, str, list[str]]], list[str], bool]]
+    refs: list[RefRecord]
     scene: grammar.Scene
-    queries: list[list[grammar.Query]] = field(default_factory=list)
-    targets: list[int] = field(default_factory=list)
-    occluded: int = 0
-    same_category_distractor: bool = False
+    occluded: int
+    same_category_distractor: bool
 
 
 def split_of_images(num_images: int, seed: int) -> list[str]:
@@ -138,29 +144,22 @@ def _try_image(assets: scene_mod.Assets, rng: np.random.Generator, index: int, s
     keys = rng.random(len(allowed)) ** (1.0 / weights) if allowed else np.zeros(0)
     order = [allowed[i] for i in np.argsort(-keys, kind="stable")]
     want = int(rng.integers(1, 4))
-    refs = []
-    all_queries = []
-    targets = []
+    refs: list[RefRecord] = []
     for t in order:
         queries = grammar.expressions_for(scene, t, int(rng.integers(1, 4)), rng)
         if not queries:
             continue
-        sentences = [_clean(grammar.word(q, scene, rng)) for q in queries]
-        refs.append((t, sentences, [q.kind for q in queries], objects[t].photo))
-        all_queries.append(queries)
-        targets.append(t)
+        refs.append(RefRecord(t, queries, [_clean(grammar.word(q, scene, rng)) for q in queries]))
         if len(refs) == want:
             break
     if not refs:
         return None
-    occluded = sum(int(v.sum() < p.full.sum()) for p, v in zip(placed, visible))
+    occluded = sum(int(np.count_nonzero(v) < p.pixels) for p, v in zip(placed, visible))
     record = ImageRecord(
         image={"id": image_id, "file_name": file_name(image_id), "height": height, "width": width},
         annotations=annotations,
         refs=refs,
         scene=scene,
-        queries=all_queries,
-        targets=targets,
         occluded=occluded,
         same_category_distractor=any(c > 1 for c in cat_count.values()),
     )
@@ -243,10 +242,10 @@ def _assemble(records: list[ImageRecord], splits: list[str], seed: int) -> tuple
     for index, rec in enumerate(records):
         images.append(rec.image)
         annotations.extend(rec.annotations)
-        for t, sentences, _kinds, _photo in rec.refs:
-            ann = rec.annotations[t]
+        for ref in rec.refs:
+            ann = rec.annotations[ref.target]
             sents = []
-            for raw, sent, tokens in sentences:
+            for raw, sent, tokens in ref.sentences:
                 sents.append({"sent_id": sent_id, "sent": sent, "raw": raw, "tokens": tokens})
                 sent_id += 1
             refs.append({
@@ -289,9 +288,9 @@ def _stats(records: list[ImageRecord], refs: list[dict], instances: dict) -> dic
         }
     kinds: dict[str, int] = {}
     for rec in records:
-        for _t, _s, ks, _p in rec.refs:
-            for k in ks:
-                kinds[k] = kinds.get(k, 0) + 1
+        for ref in rec.refs:
+            for q in ref.queries:
+                kinds[q.kind] = kinds.get(q.kind, 0) + 1
     n_obj = sum(len(r.annotations) for r in records)
     return {
         "dataset": DATASET,
