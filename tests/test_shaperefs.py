@@ -53,8 +53,11 @@ def test_same_seed_gives_identical_bytes(generated: tuple[Path, dict], tmp_path:
     assert other[name] != first[name]
 
 
-def test_worker_count_does_not_change_the_output(generated: tuple[Path, dict], tmp_path: Path) -> None:
+def test_worker_count_does_not_change_the_output(
+    generated: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, _ = generated
+    monkeypatch.setattr(shaperefs, "PARALLEL_MIN_IMAGES", 1)
     shaperefs.generate(tmp_path / "two", N, SEED, progress=False, workers=2)
     assert _files(root) == _files(tmp_path / "two")
 

@@ -43,6 +43,8 @@ SPLIT_PROPERTY = {
 }
 SIDE_CHOICES = (160, 176, 192, 208, 224)
 JPEG_QUALITY = 92
+# Below this many images one process is faster than starting workers (each imports and loads assets).
+PARALLEL_MIN_IMAGES = 200
 VERSION = 1
 
 
@@ -207,7 +209,7 @@ def generate(out_root: Path, num_images: int, seed: int, progress: bool = True, 
 
         bar = tqdm(total=num_images, desc="shaperefs", unit="img")
     records: list[ImageRecord] = []
-    if workers > 1 and num_images >= 8 * workers:
+    if workers > 1 and num_images >= PARALLEL_MIN_IMAGES:
         # Fresh ("spawn") workers: forking a parent that already runs OpenCV or torch threads can hang.
         with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
             chunk = max(1, min(32, num_images // (4 * workers)))
