@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 from pathlib import Path
@@ -12,11 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+import eval_dist_worker  # noqa: E402
 from refer_fixtures import make_refer  # noqa: E402
 
 from l2l.cli.main import main  # noqa: E402
@@ -54,17 +53,6 @@ class WeightlessModel(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, **_: Any) -> dict[str, Any]:
         return {"logits": torch.full((pixel_values.shape[0], 1, SIDE, SIDE), 10.0), "refined": None}
-
-
-class TextureModel(nn.Module):
-    """Logits from the image's red channel: a prediction that differs per sample (for the merge test)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(()))
-
-    def forward(self, pixel_values: torch.Tensor, **_: Any) -> dict[str, Any]:
-        return {"logits": pixel_values[:, :1] + self.weight, "refined": None}
 
 
 class FullBank:
@@ -116,27 +104,15 @@ def test_evaluate_scores_at_original_resolution_in_both_modes(root: Path, proces
         evaluate(ConstantModel(), dataset, processor, use_priors=True)
 
 
-def _dist_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        dataset = RESDataset(root, "refcoco/unc/val")  # 3 samples over 2 ranks: one padded duplicate
-        proc = Processor.from_text_encoder("tiny", image_size=SIDE, max_tokens=8)
-        result = evaluate(TextureModel(), dataset, proc, batch_size=2, out_jsonl=Path(out) / "d.jsonl", progress=False)
-        Path(out, f"r{rank}.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
-
-
-def test_evaluate_two_processes_equals_one(root: Path, processor: Processor, tmp_path: Path) -> None:
+def test_evaluate_two_processes_equals_one(root: Path, tmp_path: Path) -> None:
     dataset = RESDataset(root, "refcoco/unc/val")
-    single = evaluate(TextureModel(), dataset, processor, batch_size=2, progress=False)
+    single = evaluate(eval_dist_worker.TextureModel(), dataset, eval_dist_worker.processor(), batch_size=2,
+                      progress=False)
     assert single["n"] == 3 and 0 < single["mIoU"] < 100
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # fork: the children inherit the imported modules (a spawn re-imports torch and transformers, ~10 s each)
-    mp.start_processes(_dist_worker, args=(2, port, str(root), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.spawn(eval_dist_worker.run, args=(2, port, str(root), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         assert json.loads((tmp_path / f"r{rank}.json").read_text()) == pytest.approx(single)
     assert len((tmp_path / "d.jsonl").read_text().splitlines()) == 3
