@@ -249,3 +249,12 @@ def test_processor_matches_config(model):
     assert proc.image_size == S and proc.max_tokens == model.config.max_tokens
     batch = proc.texts(["the left cup"])
     assert batch["input_ids"].shape == (1, model.config.max_tokens)
+
+
+def test_decoder_width_may_differ_from_fusion_width():
+    torch.manual_seed(0)
+    net = RESModel(tiny(decoder_dim=8)).eval()
+    with torch.no_grad():
+        out = net(**inputs(), proposal=proposal())
+    assert out["logits"].shape == (B, 1, S, S)
+    assert net.decoder.lateral[0].out_channels == 8

@@ -90,7 +90,7 @@ class SESM(nn.Module):
     """Self-Evolving Segmentation Module, one per stage.
 
     Reads the proposal q (resized to the stage), the multimodal features and the sentence; predicts a refined
-    proposal r_s (logits, starting from logit(q)) and a per-channel gate g_s, and modulates the features
+    proposal r_s (logits, starting from logit(q)) and a per-pixel gate g_s, and modulates the features
     M_s <- M_s * (1 + g_s * phi(r_s)), phi(r) = tanh(r / 2) in [-1, 1]: boost where the refined proposal says
     "object", damp elsewhere. A sample without a proposal (none given, or dropped by guidance dropout) gets a
     learned "no proposal" embedding instead, and r_s is then predicted from image and text alone.
@@ -104,7 +104,7 @@ class SESM(nn.Module):
         self.mix = _sep_block(dim)
         self.refine = nn.Conv2d(dim, 1, 1)
         self.prior_scale = nn.Parameter(torch.tensor(1.0))
-        self.gate = nn.Conv2d(dim, dim, 1)
+        self.gate = nn.Conv2d(dim, 1, 1)
         nn.init.zeros_(self.film.weight)
         nn.init.zeros_(self.film.bias)
         nn.init.zeros_(self.refine.weight)
@@ -127,7 +127,9 @@ class Decoder(nn.Module):
 
     def __init__(self, dim: int, decoder_dim: int) -> None:
         super().__init__()
-        self.lateral = nn.ModuleList([nn.Conv2d(dim, decoder_dim, 1) for _ in range(4)])
+        # no lateral projection when widths agree: at stride 4 a 1x1 conv costs as much as a backbone block
+        self.lateral = nn.ModuleList([nn.Conv2d(dim, decoder_dim, 1) if dim != decoder_dim else nn.Identity()
+                                      for _ in range(4)])
         self.blocks = nn.ModuleList([_sep_block(decoder_dim) for _ in range(4)])
         self.head = nn.Conv2d(decoder_dim, 1, 1)
 
