@@ -15,7 +15,8 @@ B = 3
 
 
 def tiny(**overrides: object) -> ModelConfig:
-    return ModelConfig(vision="tiny", text="tiny", image_size=S, dim=16, decoder_dim=16, **overrides)
+    fields = {"vision": "tiny", "text": "tiny", "image_size": S, "dim": 16, "decoder_dim": 16}
+    return ModelConfig(**{**fields, **overrides})
 
 
 def inputs(seed: int = 0) -> dict[str, torch.Tensor]:
