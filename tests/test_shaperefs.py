@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 
 from l2l.data import shaperefs
@@ -194,6 +195,7 @@ def test_files_follow_the_refer_layout(generated: tuple[Path, dict]) -> None:
     coco = COCO(str(root / "shaperefs" / "instances.json"))
     data = ReferData(root, "shaperefs", "unc")
     assert stats["refs"] == len(refs) and stats["sentences"] == sum(len(r["sentences"]) for r in refs)
+    assert 0.5 < stats["polygon_annotation_share"] < 1.0  # polygons as in RefCOCO, RLE for holes
     for ref in refs:
         assert set(ref) == keys
         assert [s["sent_id"] for s in ref["sentences"]] == ref["sent_ids"]
@@ -217,3 +219,27 @@ def test_render_grid_writes_png(generated: tuple[Path, dict], tmp_path: Path) ->
     out = shaperefs.render_grid(root, tmp_path / "grid.png", n=2)
     img = cv2.imread(str(out))
     assert img is not None and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def _decode(seg: list | dict, h: int, w: int) -> np.ndarray:
+    rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w)) if isinstance(seg, list) else dict(
+        seg, counts=seg["counts"].encode("ascii"))
+    return mask_utils.decode(rle).astype(bool)
+
+
+def test_segmentation_decodes_to_exactly_the_mask() -> None:
+    h, w = 40, 50
+    star = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(star, [np.array([[25, 2], [30, 15], [45, 15], [33, 24], [38, 38], [25, 29], [12, 38], [17, 24],
+                                  [5, 15], [20, 15]], np.int32)], 1)
+    ring = np.zeros((h, w), np.uint8)
+    cv2.circle(ring, (20, 20), 12, 1, -1)
+    cv2.circle(ring, (20, 20), 6, 0, -1)
+    pieces = np.zeros((h, w), np.uint8)
+    pieces[3, 3] = 1  # a single pixel
+    pieces[10:30, 40] = 1  # a one-pixel line
+    pieces[30:35, 5:15] = 1
+    for mask, kind in ((star, list), (ring, dict), (pieces, list)):
+        seg = shaperefs.segmentation_of(mask.astype(bool))
+        assert isinstance(seg, kind)
+        assert np.array_equal(_decode(seg, h, w), mask.astype(bool))
