@@ -286,3 +286,23 @@ def test_join_inputs_pads_texts() -> None:
     joined = join_inputs(model_inputs(a), model_inputs(b))
     assert joined["input_ids"].shape == (5, 6) and joined["attention_mask"][:2, 4:].sum() == 0
     assert joined["proposal"].shape[0] == 5 and joined["has_proposal"].dtype == torch.bool
+
+
+@pytest.mark.parametrize("name", ["l2l", "l2l_no_sesm"])
+def test_l2l_on_the_real_tiny_network(name: str) -> None:
+    from l2l.model import ModelConfig, RESModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vision="tiny", text="tiny", image_size=32, dim=16, decoder_dim=16,
+                      **METHODS[name].model_overrides)
+    model = RESModel(cfg)
+    model.train()
+    method = build_method(name, model, {}, 100)
+    b_l, b_u = make_batch(2, size=32, seed=1), make_batch(2, size=32, labelled=False, seed=2)
+    b_l["input_ids"] = b_l["input_ids"] + 1000
+    b_u["input_ids"] = b_u["input_ids"] + 1000
+    out = method.train_step(b_l, b_u, 0)
+    assert torch.isfinite(out.loss) and "rple/reward_utility" in out.logs
+    out.loss.backward()
+    assert model.decoder.head.weight.grad is not None
+    assert ("loss_guide_l" in out.logs) == (name == "l2l")
