@@ -180,6 +180,10 @@ def _resolve_method(cfg: dict[str, Any], source: str) -> None:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{source}: method.name must name a method")
     cls = get_method_class(name)
+    # Methods that are defined by a model change (l2l_no_sesm: no prior input) set it here, so the written
+    # config says what was really built.
+    for key, value in getattr(cls, "model_overrides", {}).items():
+        cfg["model"][key] = value
     defaults = getattr(cls, "defaults", None)
     if defaults is None:
         return

@@ -398,7 +398,8 @@ class Trainer:
         progress = self.env.is_main and sys.stderr.isatty()
         result: dict[str, Any] = {}
         modes = ["prior_free"]
-        if self.model_config.use_sesm and self.val_bank is not None:
+        takes_priors = self.model_config.use_sesm or getattr(self.method_cls, "uses_proposals_at_eval", False)
+        if takes_priors and self.val_bank is not None:
             modes.insert(0, "prior")
         for mode in modes:
             result[mode] = evaluate(
@@ -435,13 +436,57 @@ class Trainer:
         is_best = score > self.best["score"]
         if is_best:
             self.best = {"score": score, "epoch": self.epoch, "step": self.step, "metrics": val}
-        if self.env.is_main:
-            net = self._eval_net()
+        net = self._eval_net()
+        if self.env.is_main and hasattr(net, "save_pretrained"):  # prior_only has no network of its own
             card = self._card(val)
             if is_best:
                 _save_model_dir(net, self.run_dir / "best", card)
             _save_model_dir(net, self.run_dir / "last", card)
         self.env.barrier()
+
+    # ------------------------------------------------------------------ method hooks
+    def _plain_loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
+        """This rank's share of `dataset` in a fixed order, unflipped, with proposals from the live bank."""
+        sampler = EpochSampler(len(dataset), int(self.cfg["seed"]), False, self.env.rank, self.env.world_size)
+        return self._loader(dataset, sampler, batch_size, False, False, self.train_bank)
+
+    def _epoch_context(self) -> dict[str, Any]:
+        """What `Method.on_epoch_end` reads (docs/architecture.md): loaders over D_u and the labelled proxy set."""
+        ubs = self.tcfg["unlabelled_batch_size"]
+        return {
+            "device": self.env.device,
+            "step": self.step,
+            "unlabelled_loader": self._plain_loader(self.unlabelled, ubs) if self.unlabelled is not None else None,
+            "proxy_loader": self._plain_loader(self.labelled, ubs),
+            "eval_pseudo": self._pseudo_scorer(),
+        }
+
+    def _pseudo_scorer(self) -> Any:
+        """On ShapeRefs only: a callable scoring bank maps against the hidden D_u masks (never given to methods)."""
+        if self.unlabelled is None or self.cfg["data"]["dataset"] != "shaperefs":
+            return None
+        hidden = RESDataset(self.cfg["data"]["root"], self.train_id)  # evaluation-side reader with masks
+        wanted = set(self.unlabelled.sample_ids())
+        indices = [i for i, s in enumerate(hidden.samples) if s.sample_id in wanted]
+
+        def score(bank: Any) -> dict[str, float]:
+            import cv2
+
+            from l2l.evaluation.metric import RESMetric
+
+            metric = RESMetric()
+            for i in indices:
+                sample = hidden.samples[i]
+                try:
+                    soft = np.asarray(bank.get(sample.sample_id), dtype=np.float32)
+                except KeyError:
+                    continue
+                pred = cv2.resize(soft, (sample.width, sample.height), interpolation=cv2.INTER_LINEAR) > 0.5
+                metric.update([pred], [hidden.mask(i)], ids=[sample.sample_id])
+            out = metric.compute()
+            return {"mIoU": float(out["mIoU"]), "oIoU": float(out["oIoU"])}
+
+        return score
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -484,6 +529,13 @@ class Trainer:
         running: dict[str, float] = {}
         running_n, t0, images = 0, time.perf_counter(), 0
         self.model.train()
+        if not getattr(self.method_cls, "needs_training", True):
+            # Nothing to learn (prior_only): score and save once, so its run directory looks like any other.
+            if not self.last_val:
+                self._validate_and_save()
+                self.epoch = tr["epochs"]
+                self.save_checkpoint()
+            return False
         while self.epoch < tr["epochs"] and self.step < self.total_steps:
             self.sampler_l.set_epoch(self.epoch)
             self.sampler_l.set_start(self.micro_done * bs)
@@ -540,8 +592,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             finished = self.step >= self.total_steps or self.epoch + 1 >= tr["epochs"]
-            context = {"trainer": self, "step": self.step, "device": env.device, "labelled": self.labelled,
-                       "unlabelled": self.unlabelled, "priors": self.priors, "processor": self.processor}
+            context = self._epoch_context()
             epoch_logs = self.method.on_epoch_end(self.epoch, context)
             if epoch_logs and env.is_main:
                 self._log({"step": self.step, "epoch": self.epoch, **{f"method/{k}": v for k, v in epoch_logs.items()}})
