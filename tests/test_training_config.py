@@ -84,3 +84,8 @@ def test_cli_unknown_key_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert err.startswith("error:") and "train.batch_size" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_method_model_overrides_are_applied() -> None:
+    assert resolve_config({}, ["method.name=l2l_no_sesm"])["model"]["use_sesm"] is False
+    assert resolve_config({}, ["method.name=supervised"])["model"]["use_sesm"] is True

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -98,6 +100,23 @@ def test_killed_mid_epoch_and_resumed_matches_uninterrupted(root: Path, tmp_path
     assert strip(_records(tmp_path / "a")) == strip(_records(tmp_path / "b"))
 
 
+def test_priors_reach_the_model_and_validation_reports_both_modes(root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "sesm"
+    summary = Trainer(_cfg(root, "model.use_sesm=true", "data.proposal=box", "train.max_steps=2"), run).fit()
+    records = _records(run)
+    assert all("train/loss_guide" in r for r in records if "train/loss" in r)
+    assert summary["last"]["main"] == "prior" and {"prior", "prior_free"} <= set(summary["last"])
+    assert "prior/mIoU" in (run / "best" / "README.md").read_text()
+
+
+def test_prior_only_is_scored_without_training(root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "prior_only"
+    summary = Trainer(_cfg(root, "method.name=prior_only", "data.proposal=box"), run).fit()
+    assert summary["steps"] == 0 and summary["last"]["main"] == "prior"
+    assert summary["last"]["prior"]["mIoU"] > 20  # a box proposal overlaps its object
+    assert not (run / "best").exists()  # there is no network to save
+
+
 def test_resume_refuses_a_different_model(root: Path, tmp_path: Path) -> None:
     Trainer(_cfg(root, "train.max_steps=1"), tmp_path / "r").fit()
     assert main(["train", "--config", str(CONFIG), "--root", str(root), "--out", str(tmp_path / "r"),
@@ -115,6 +134,7 @@ def _rank_main(rank: int, port: int, root: Path, run: Path) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
+    cv2.setNumThreads(0)  # the parent's OpenCV thread pool does not survive fork; run resizes inline
     try:
         trainer = Trainer(_cfg(root, "train.epochs=1", "data.max_val_samples=0"), run)
         summary = trainer.fit()
@@ -127,7 +147,14 @@ def _rank_main(rank: int, port: int, root: Path, run: Path) -> None:
 
 def test_two_gloo_processes_match_one_process_evaluation(root: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
-    torch.multiprocessing.start_processes(_rank_main, args=(_free_port(), root, run), nprocs=2, start_method="fork")
+    ctx = torch.multiprocessing.start_processes(_rank_main, args=(_free_port(), root, run), nprocs=2,
+                                                start_method="fork", join=False)
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two-process run did not finish in 120 s")
     per_rank = [json.loads((run / f"rank{r}.json").read_text()) for r in range(2)]
     assert per_rank[0]["digest"] == per_rank[1]["digest"]  # averaged gradients and buffers: one model
     assert per_rank[0]["last"] == per_rank[1]["last"]  # every rank gets the merged metrics
