@@ -239,7 +239,9 @@ def test_segmentation_decodes_to_exactly_the_mask() -> None:
     pieces[3, 3] = 1  # a single pixel
     pieces[10:30, 40] = 1  # a one-pixel line
     pieces[30:35, 5:15] = 1
+    pieces[38:40, 45:50] = 1  # touching the image corner
     for mask, kind in ((star, list), (ring, dict), (pieces, list)):
-        seg = shaperefs.segmentation_of(mask.astype(bool))
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        seg = shaperefs.segmentation_of(mask.astype(bool), rle)
         assert isinstance(seg, kind)
         assert np.array_equal(_decode(seg, h, w), mask.astype(bool))

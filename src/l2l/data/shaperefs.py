@@ -114,8 +114,9 @@ def make_image(seed: int, index: int, split: str, images_dir: Path | None = None
     return record
 
 
-def segmentation_of(mask: np.ndarray) -> list[list[float]] | dict:
-    """COCO segmentation that decodes to exactly `mask`: polygons as in RefCOCO, RLE where they cannot.
+def segmentation_of(mask: np.ndarray, rle: dict) -> list[list[float]] | dict:
+    """COCO segmentation that decodes to exactly `mask` (whose RLE is `rle`): polygons as in RefCOCO,
+    RLE where polygons cannot be exact.
 
     Contours of the mask upsampled twice, mapped back with a half-subpixel offset, trace the pixel edges
     closely enough that pycocotools rasterises them to the same pixels (contours of the mask itself lose
@@ -123,14 +124,18 @@ def segmentation_of(mask: np.ndarray) -> list[list[float]] | dict:
     whose polygons do not decode exactly are stored as compressed RLE.
     """
     h, w = mask.shape
-    up = cv2.resize(mask.view(np.uint8), (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST)
-    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    rle = mask_utils.encode(np.asfortranarray(mask.view(np.uint8)))
     as_rle = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+    x0, y0, bw, bh = cv2.boundingRect(mask.view(np.uint8))
+    crop = np.zeros((bh + 2, bw + 2), np.uint8)  # a zero border keeps every contour closed inside the crop
+    crop[1:-1, 1:-1] = mask[y0 : y0 + bh, x0 : x0 + bw]
+    up = cv2.resize(crop, (2 * crop.shape[1], 2 * crop.shape[0]), interpolation=cv2.INTER_NEAREST)
+    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None or (hierarchy[0][:, 3] >= 0).any():
         return as_rle
     # Dropping vertices within a quarter pixel of the outline keeps the rasterisation exact (checked below).
-    polys = [((cv2.approxPolyDP(c, 0.5, True).reshape(-1, 2) + 0.5) / 2).ravel().tolist() for c in contours]
+    shift = np.array([x0 - 1, y0 - 1], np.float64)
+    polys = [((cv2.approxPolyDP(c, 0.5, True).reshape(-1, 2) + 0.5) / 2 + shift).ravel().tolist()
+             for c in contours]
     if any(len(p) < 6 for p in polys):
         return as_rle
     decoded = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w)))
@@ -155,7 +160,7 @@ def _try_image(assets: scene_mod.Assets, rng: np.random.Generator, index: int, s
             "image_id": image_id,
             "category_id": scene_mod.CATEGORIES.index(p.category) + 1,
             "bbox": [x, y, w, h],
-            "segmentation": segmentation_of(vis),
+            "segmentation": segmentation_of(vis, rle),
             "area": float(mask_utils.area(rle)),
             "iscrowd": 0,
         })
