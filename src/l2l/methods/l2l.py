@@ -28,10 +28,13 @@ from torch import nn
 from l2l.errors import ConfigError
 from l2l.methods.base import StepOutput
 from l2l.methods.rple import RPLE, build_state, label_reward_map
-from l2l.methods.semi import TeacherStudentMethod, binary_iou, check_unlabelled, has_proposal_weight, join_inputs, sigmoid_rampup, unwrap
+from l2l.methods.semi import (TeacherStudentMethod, binary_iou, check_unlabelled, has_proposal_weight, join_inputs,
+                              sigmoid_rampup)
+from l2l.methods.teacher import unwrap
 
 
-def candidate_label(p: torch.Tensor, q: torch.Tensor, has_proposal: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+def candidate_label(p: torch.Tensor, q: torch.Tensor, has_proposal: torch.Tensor,
+                    alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """`(m, yhat)`: the mixture `m = a p + (1 - a) q` (teacher alone where there is no proposal) and `m > 0.5`."""
     has = has_proposal.to(p.device).bool().view(-1, 1, 1, 1)
     m = torch.where(has, alpha * p + (1.0 - alpha) * q.to(p.device).float(), p)
@@ -88,7 +91,8 @@ class L2LMethod(TeacherStudentMethod):
             raise ConfigError(f"method.rple_credit={c['rple_credit']!r}: expected 'pixel' or 'image'")
         self.factor = int(c["rple_factor"])
         self.rple = RPLE(factor=self.factor, samples=int(c["rple_samples"]), beta=float(c["rple_beta"]),
-                         entropy_coef=float(c["rple_entropy"]), logit_reg=float(c["rple_logit_reg"]), lr=float(c["rple_lr"]), width=int(c["rple_width"]),
+                         entropy_coef=float(c["rple_entropy"]), logit_reg=float(c["rple_logit_reg"]),
+                         lr=float(c["rple_lr"]), width=int(c["rple_width"]),
                          init_accept=float(c["rple_init_accept"]), credit=str(c["rple_credit"]),
                          seed=int(c["seed"])) if self.use_rple else None
         self.utility = self.use_rple and float(c["utility_weight"]) > 0
@@ -139,13 +143,15 @@ class L2LMethod(TeacherStudentMethod):
         proxy = self.use_rple and step % max(1, int(self.cfg["proxy_every"])) == 0
         self.teacher.follow_device(self.model)
         if proxy:
-            p_all = torch.sigmoid(self.teacher(**join_inputs(self.inputs(batch_l), self.inputs(batch_u)))["logits"].float())
+            joined = join_inputs(self.inputs(batch_l), self.inputs(batch_u))
+            p_all = torch.sigmoid(self.teacher(**joined)["logits"].float())
             p_l, p_u = p_all[:n_l], p_all[n_l:]
         else:
             p_u = self.teacher_probs(batch_u)
         out_l, out_u = self.student_joined(batch_l, batch_u, self.views.strong(batch_u["pixel_values"]))
         loss_sup_total, logs = self.supervised(out_l, batch_l)
-        loss_sup_logits = self.seg_loss(out_l["logits"], batch_l["mask"].to(device).float())
+        # The utility reward differentiates the labelled loss of the mask logits alone (not L_guide).
+        loss_sup_logits = self.seg_loss(out_l["logits"], batch_l["mask"].to(device).float()) if self.utility else None
 
         a = self.alpha(step)
         m_u, yhat_u = candidate_label(p_u, batch_u["proposal"], batch_u["has_proposal"], a)
@@ -174,14 +180,14 @@ class L2LMethod(TeacherStudentMethod):
         return StepOutput(loss=loss, logs=logs)
 
     def _rple_step(self, batch_l: dict, batch_u: dict, out_l: dict, logits_u: torch.Tensor, p_u: torch.Tensor,
-                   yhat_u: torch.Tensor, p_l: torch.Tensor | None, loss_sup: torch.Tensor,
+                   yhat_u: torch.Tensor, p_l: torch.Tensor | None, loss_sup: torch.Tensor | None,
                    a: float) -> tuple[torch.Tensor, dict[str, float]]:
         """One policy update on [proxy; unlabelled] states; returns greedy acceptance `[B_u,1,S,S]` and logs."""
         f = self.factor
         state_u = self.state(batch_u, p_u, torch.sigmoid(logits_u.detach().float()), yhat_u)
         n_u, h = state_u.shape[0], state_u.shape[-1]
         zeros_u = state_u.new_zeros(n_u, 1, h, h)
-        util_u = self.utility_values(loss_sup, logits_u, yhat_u) if self.utility else zeros_u
+        util_u = self.utility_values(loss_sup, logits_u, yhat_u) if loss_sup is not None else zeros_u
         states, label_vals, util_vals, rows_label = [state_u], [zeros_u], [util_u], [torch.zeros(n_u, dtype=torch.bool)]
         if p_l is not None:
             gt = batch_l["mask"].to(p_l.device) > 0.5
@@ -226,7 +232,7 @@ class L2LMethod(TeacherStudentMethod):
                               "set method.evolve_every=0 to train without it")
         device = torch.device(context.get("device") or next(self.model.parameters()).device)
         self.teacher.follow_device(self.model)
-        a = self.alpha(self.total_steps)
+        a = self.alpha(int(context.get("step", self.total_steps)))
         mu = float(self.cfg["evolve_mu"])
         was_training = self.model.training
         self.model.eval()

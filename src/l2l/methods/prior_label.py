@@ -13,7 +13,8 @@ from torch import nn
 
 from l2l.methods.base import Method, StepOutput
 from l2l.methods.losses import ce_dice
-from l2l.methods.semi import check_unlabelled, has_proposal_weight, join_inputs, model_inputs, sigmoid_rampup, split_output
+from l2l.methods.semi import (check_unlabelled, has_proposal_weight, join_inputs, model_inputs, sigmoid_rampup,
+                              split_output)
 from l2l.methods.supervised import model_uses_sesm
 from l2l.methods.teacher import Views
 

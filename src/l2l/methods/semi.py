@@ -17,7 +17,7 @@ from l2l.errors import DataError
 from l2l.methods.base import Method
 from l2l.methods.losses import ce_dice
 from l2l.methods.supervised import model_uses_sesm
-from l2l.methods.teacher import EMATeacher, Views, unwrap
+from l2l.methods.teacher import EMATeacher, Views
 
 
 def check_unlabelled(batch_u: dict | None, method: str) -> dict:
@@ -180,4 +180,4 @@ class TeacherStudentMethod(Method):
 
 
 __all__ = ["TeacherStudentMethod", "binary_iou", "check_unlabelled", "has_proposal_weight", "join_inputs",
-           "model_inputs", "sigmoid_rampup", "split_output", "unwrap"]
+           "model_inputs", "sigmoid_rampup", "split_output"]

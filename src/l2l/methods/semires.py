@@ -52,6 +52,6 @@ class SemiRESMethod(TeacherStudentMethod):
         loss_u = self.seg_loss(out_u["logits"], target, weight)
         lam = self.lambda_u(step)
         loss = loss + lam * loss_u
-        logs.update({"loss_unsup": float(loss_u.detach()), "lambda_u": lam, "matched_rate": float(matched.float().mean()),
-                     "loss": float(loss.detach())})
+        logs.update({"loss_unsup": float(loss_u.detach()), "lambda_u": lam,
+                     "matched_rate": float(matched.float().mean()), "loss": float(loss.detach())})
         return StepOutput(loss=loss, logs=logs)
