@@ -19,7 +19,15 @@ from l2l.methods.semi import check_unlabelled, join_inputs, model_inputs
 from l2l.methods.teacher import EMATeacher
 from methods_standin import GuardedBatch, StandInModel, make_batch
 
-SEMI = ["prior_label", "fixmatch", "semires", "l2l", "l2l_no_rple", "l2l_no_sesm", "l2l_no_evolve"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():  # noqa: ANN201 - fixture
+    """One intra-op thread: on the shared 2-core machine two threads make these tiny ops many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def build(name: str, total_steps: int = 100, bank: object = None, **cfg: object):
