@@ -39,11 +39,12 @@ def test_overrides_are_typed_against_defaults() -> None:
         ("method.name=supervisd", ["supervised"]),
         ("train.epochs=0", ["at least 1"]),
         ("model.image_size=100", ["multiple of 32"]),
+        ("method.name=fixmatch", ["data.proposal=none"]),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, words: list[str]) -> None:
     with pytest.raises(ConfigError) as err:
-        resolve_config({}, [override])
+        resolve_config({"data": {"proposal": "none"}}, [override])
     for word in words:
         assert word in str(err.value)
 

@@ -117,6 +117,19 @@ def test_prior_only_is_scored_without_training(root: Path, tmp_path: Path) -> No
     assert not (run / "best").exists()  # there is no network to save
 
 
+def test_semi_supervised_resume_continues_the_unlabelled_stream(root: Path, tmp_path: Path) -> None:
+    """FixMatch: unlabelled batches, EMA teacher and method state come back exactly after a mid-epoch stop."""
+    common = ("method.name=fixmatch", "data.proposal=box", "train.batch_size=4", "train.unlabelled_batch_size=4", "data.ratio=0.3",
+              "train.epochs=2", "train.checkpoint_every=2")
+    a = Trainer(_cfg(root, *common), tmp_path / "a").fit()
+    stop = a["steps"] // 2 + 3
+    assert Trainer(_cfg(root, *common, f"train.stop_after_steps={stop}"), tmp_path / "b").fit()["stopped"]
+    b = Trainer(_cfg(root, *common), tmp_path / "b").fit()
+    assert b["resumed"] and b["last"] == a["last"]
+    wa, wb = _weights(tmp_path / "a" / "last"), _weights(tmp_path / "b" / "last")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_resume_refuses_a_different_model(root: Path, tmp_path: Path) -> None:
     Trainer(_cfg(root, "train.max_steps=1"), tmp_path / "r").fit()
     assert main(["train", "--config", str(CONFIG), "--root", str(root), "--out", str(tmp_path / "r"),

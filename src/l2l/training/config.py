@@ -218,6 +218,9 @@ def _validate(cfg: dict[str, Any], source: str) -> None:
     if not 0.0 < ratio <= 1.0:
         raise ConfigError(f"{source}: data.ratio={ratio} must be in (0, 1]")
     ModelConfig.from_dict(cfg["model"], source=f"{source}: model")
+    method = get_method_class(cfg["method"]["name"])
+    if method.needs_proposals and cfg["data"]["proposal"] == "none":
+        raise ConfigError(f"{source}: method {method.name!r} needs proposals, but data.proposal=none (try gaussian)")
 
 
 def resolve_config(file_cfg: dict[str, Any] | None = None, overrides: list[str] | None = None, source: str = "config") -> dict[str, Any]:
