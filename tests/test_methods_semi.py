@@ -247,7 +247,7 @@ def test_self_evolution_rewrites_the_bank_on_accepted_pixels(tmp_path) -> None: 
     logs = method.on_epoch_end(1, {"unlabelled_loader": u_batches, "proxy_loader": l_batches,
                                    "eval_pseudo": lambda b: seen.append(b) or {"mIoU": 0.5}})
     assert seen == [bank] and logs["evolve/hidden_mIoU"] == 0.5
-    for key in ("evolve/proxy_q_iou_before", "evolve/proxy_q_iou_after", "evolve/unlabelled_accept_rate"):
+    for key in ("evolve/proxy_q_miou_before", "evolve/proxy_q_miou_after", "evolve/unlabelled_accept_rate"):
         assert key in logs
     acc = accept[0, 0].numpy()
     assert acc.any() and (~acc).any()

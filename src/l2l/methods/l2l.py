@@ -278,8 +278,9 @@ class L2LMethod(TeacherStudentMethod):
         prefix = "evolve/proxy_" if labelled else "evolve/unlabelled_"
         logs = {f"{prefix}accept_rate": accepted / max(pixels, 1.0)}
         if labelled:
-            logs.update({f"{prefix}q_iou_before": iou_before / n, f"{prefix}q_iou_after": iou_after / n,
-                         f"{prefix}pseudo_iou_accepted": iou_pseudo / n})
+            # mIoU in percent, as every other IoU the project reports
+            logs.update({f"{prefix}q_miou_before": 100 * iou_before / n, f"{prefix}q_miou_after": 100 * iou_after / n,
+                         f"{prefix}pseudo_miou_accepted": 100 * iou_pseudo / n})
         return logs
 
     # -- checkpoints ------------------------------------------------------------------------------------------

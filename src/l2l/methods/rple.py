@@ -147,6 +147,17 @@ def group_advantage(reward: torch.Tensor, credit: str = "pixel", eps: float = 1e
     raise ValueError(f"unknown RPLE credit {credit!r} (expected 'pixel' or 'image')")
 
 
+def average_gradients_across_ranks(module: nn.Module) -> None:
+    """Under torch.distributed every rank steps its own policy copy: average the gradients so the copies agree."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    for param in module.parameters():
+        if param.grad is not None:
+            torch.distributed.all_reduce(param.grad)
+            param.grad.div_(world)
+
+
 class AcceptancePolicy(nn.Module):
     """A small conv net: state `[B, C, h, w]` -> acceptance logits `[B, 1, h, w]` (dilated for context)."""
 
@@ -233,6 +244,7 @@ class RPLE:
         loss = -(advantage * logp).mean() - self.entropy_coef * entropy + self.logit_reg * logits.pow(2).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients_across_ranks(self.policy)
         self.optimizer.step()
         logs.update({"rple/policy_loss": float(loss.detach()), "rple/entropy": float(entropy.detach()),
                      "rple/mean_accept_prob": float(probs.detach().mean())})
