@@ -45,7 +45,7 @@ from l2l.evaluation.evaluator import evaluate
 from l2l.methods import build_method, get_method_class
 from l2l.model import ModelConfig, RESModel
 from l2l.training.batching import Collator, EpochSampler, SeededItems, move_batch
-from l2l.training.config import save_config
+from l2l.training.config import resolve_config, save_config
 from l2l.utils.io import atomic_write, atomic_write_json, atomic_write_text
 from l2l.utils.seed import seed_everything
 
@@ -135,13 +135,14 @@ def _save_model_dir(model: nn.Module, path: Path, card: dict[str, Any]) -> None:
 class Trainer:
     """Builds data, model, method and optimiser from a resolved config; `fit()` trains and returns a summary.
 
-    `cfg` is the dict of `l2l.training.config.load_config`; everything the run writes goes to `run_dir`:
+    `cfg` is the dict of `l2l.training.config.load_config` (or any partial dict of the same shape, which is
+    completed with the defaults and checked); everything the run writes goes to `run_dir`:
     `config.yaml`, `split.json` (when the split was drawn from a ratio), `metrics.jsonl`, `tb/`,
     `checkpoint.pt`, `best/` and `last/`.
     """
 
     def __init__(self, cfg: dict[str, Any], run_dir: str | Path) -> None:
-        self.cfg = cfg
+        self.cfg = resolve_config(cfg)  # idempotent on a loaded config; fills and checks a partial dict
         self.run_dir = Path(run_dir)
         self.tcfg = cfg["train"]
         self.env = DistEnv.setup(self.tcfg["device"])
@@ -170,6 +171,7 @@ class Trainer:
         self.micro_done = 0  # micro-batches consumed in the current epoch
         self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "step": -1, "metrics": {}}
         self.last_val: dict[str, Any] = {}
+        self.writer: Any = None  # TensorBoard writer, rank 0, open during fit()
 
     # ------------------------------------------------------------------ building
     def _build_data(self) -> None:
@@ -495,7 +497,7 @@ class Trainer:
         Summary keys: `run_dir`, `steps`, `epochs` (completed), `resumed`, `stopped` (the stop hook fired),
         `best` (`{"score", "epoch", "step", "metrics"}`), `last` (the last validation metrics).
         """
-        tr, env = self.tcfg, self.env
+        env = self.env
         resumed = self.resume()
         self.writer = None
         if env.is_main:
