@@ -230,11 +230,11 @@ def test_self_evolution_rewrites_the_bank_on_accepted_pixels(tmp_path) -> None: 
     l_batches = [make_batch(2, seed=7, prefix="l")]
     bank = _bank(tmp_path, u_batches + l_batches)
     seen = []
-    method = build("l2l", bank=bank, evolve_every=2, evolve_mu=0.5)
+    method = build("l2l", bank=bank, evolve_rounds=2, evolve_start=0.5, evolve_mu=0.5)
     with torch.no_grad():  # a policy that accepts some pixels and rejects others
         torch.nn.init.normal_(method.rple.policy.out.weight, std=3.0)
         method.rple.policy.out.bias.zero_()
-    assert method.on_epoch_end(0, {"unlabelled_loader": u_batches}) == {}  # not an evolution epoch
+    assert method.on_epoch_end(0, {"unlabelled_loader": u_batches, "step": 49}) == {}  # before the first round
     batch = u_batches[0]
     q_before = bank.get(batch["sample_ids"][0]).copy()
     with torch.no_grad():
@@ -244,7 +244,7 @@ def test_self_evolution_rewrites_the_bank_on_accepted_pixels(tmp_path) -> None: 
         method.model.train()
         m, yhat = candidate_label(p, batch["proposal"], batch["has_proposal"], method.alpha(method.total_steps))
         accept = method.acceptance(batch, p, student, m, yhat)
-    logs = method.on_epoch_end(1, {"unlabelled_loader": u_batches, "proxy_loader": l_batches,
+    logs = method.on_epoch_end(1, {"unlabelled_loader": u_batches, "proxy_loader": l_batches, "step": 50,
                                    "eval_pseudo": lambda b: seen.append(b) or {"mIoU": 0.5}})
     assert seen == [bank] and logs["evolve/hidden_mIoU"] == 0.5
     for key in ("evolve/proxy_q_miou_before", "evolve/proxy_q_miou_after", "evolve/unlabelled_accept_rate"):
@@ -254,14 +254,16 @@ def test_self_evolution_rewrites_the_bank_on_accepted_pixels(tmp_path) -> None: 
     expected = np.where(acc, 0.5 * q_before + 0.5 * p[0, 0].numpy(), q_before)
     np.testing.assert_allclose(bank.get(batch["sample_ids"][0]), expected, atol=1.5 / 255)
     assert len(method.history) == 1
+    assert method.on_epoch_end(2, {"unlabelled_loader": u_batches, "step": 74}) == {}  # round 2 is due at 75
+    assert method.evolve_due(75) and not method.evolve_due(74)
 
 
 def test_no_evolve_leaves_the_bank_alone(tmp_path) -> None:  # noqa: ANN001
     u_batches = [make_batch(3, labelled=False, seed=5, prefix="u")]
     bank = _bank(tmp_path, u_batches)
     before = bank.get(u_batches[0]["sample_ids"][0]).copy()
-    method = build("l2l_no_evolve", bank=bank, evolve_every=1)
-    assert method.on_epoch_end(0, {"unlabelled_loader": u_batches}) == {}
+    method = build("l2l_no_evolve", bank=bank, evolve_rounds=5, evolve_start=0.0)
+    assert method.on_epoch_end(0, {"unlabelled_loader": u_batches, "step": 100}) == {}
     np.testing.assert_array_equal(bank.get(u_batches[0]["sample_ids"][0]), before)
 
 

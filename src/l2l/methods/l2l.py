@@ -13,7 +13,7 @@ One training step (the cost is designed to stay within 2.5x a supervised step):
    -> group-normalised advantage -> one Adam step of the policy;
 5. student loss `L = L_sup + lambda_u(t) L_unsup(yhat; greedy acceptance) + lambda_g [L_guide(r_l, GT) +
    ramp(t) L_guide(r_u, yhat; greedy acceptance)]`.
-Every `evolve_every` epochs `on_epoch_end` rewrites the proposal bank: `q <- (1 - mu) q + mu p_teacher` on the
+At `evolve_rounds` points spread over training, `on_epoch_end` rewrites the proposal bank: `q <- (1 - mu) q + mu p_teacher` on the
 greedily accepted pixels (stage 6) and logs pseudo-label IoU on the proxy set.
 """
 
@@ -79,7 +79,8 @@ class L2LMethod(TeacherStudentMethod):
         "utility_weight": 0.5,  # weight of the utility advantage next to the label advantage (0 = off)
         "proxy_every": 2,  # proxy episode (extra teacher forward on the labelled batch) every N steps
         "fixed_threshold": 0.9,  # l2l_no_rple: accept where max(m, 1 - m) >= this
-        "evolve_every": 2,  # rewrite the proposal bank every N epochs (0 = never)
+        "evolve_rounds": 3,  # self-evolution rounds over the run (0 = never), evenly spaced in steps ...
+        "evolve_start": 0.3,  # ... from this fraction of the training steps on
         "evolve_mu": 0.5,  # q <- (1 - mu) q + mu p on accepted pixels
         "evolve_labelled": True,  # also evolve labelled samples' proposals (the model sees them as input)
     }
@@ -222,14 +223,25 @@ class L2LMethod(TeacherStudentMethod):
             accept = self.fixed_acceptance(m)
         return accept & (has_proposal_weight(batch, p) > 0)
 
+    def evolve_due(self, step: int) -> bool:
+        """Whether a round is due: round k (0-based) falls at step `total * (start + k (1 - start) / rounds)`.
+
+        Rounds are placed in steps, not epochs: at 1% labels a labelled epoch is a handful of steps, while a round
+        is a pass over every unlabelled sample, so epoch-based rounds would cost more than the training itself."""
+        rounds = int(self.cfg["evolve_rounds"])
+        k = len(self.history)
+        if not self.evolve or rounds <= 0 or k >= rounds:
+            return False
+        start = float(self.cfg["evolve_start"])
+        return step >= self.total_steps * (start + k * (1.0 - start) / rounds)
+
     def on_epoch_end(self, epoch: int, context: dict[str, Any]) -> dict[str, float]:
-        """Every `evolve_every` epochs: rewrite the bank from accepted teacher evidence; log pseudo-label IoU."""
-        every = int(self.cfg["evolve_every"])
-        if not self.evolve or every <= 0 or (epoch + 1) % every:
+        """When a round is due (`evolve_due`): rewrite the bank from accepted teacher evidence; log label quality."""
+        if not self.evolve_due(int(context.get("step", self.total_steps))):
             return {}
         if self.bank is None:
             raise ConfigError(f"method {self.name!r}: self-evolution needs the proposal bank; "
-                              "set method.evolve_every=0 to train without it")
+                              "set method.evolve_rounds=0 to train without it")
         device = torch.device(context.get("device") or next(self.model.parameters()).device)
         self.teacher.follow_device(self.model)
         a = self.alpha(int(context.get("step", self.total_steps)))
