@@ -467,9 +467,11 @@ class Trainer:
         """On ShapeRefs only: a callable scoring bank maps against the hidden D_u masks (never given to methods)."""
         if self.unlabelled is None or self.cfg["data"]["dataset"] != "shaperefs":
             return None
-        hidden = RESDataset(self.cfg["data"]["root"], self.train_id)  # evaluation-side reader with masks
-        wanted = set(self.unlabelled.sample_ids())
-        indices = [i for i, s in enumerate(hidden.samples) if s.sample_id in wanted]
+        if not hasattr(self, "_hidden"):  # evaluation-side reader with masks, opened once
+            hidden = RESDataset(self.cfg["data"]["root"], self.train_id)
+            wanted = set(self.unlabelled.sample_ids())
+            self._hidden = (hidden, [i for i, s in enumerate(hidden.samples) if s.sample_id in wanted])
+        hidden, indices = self._hidden
 
         def score(bank: Any) -> dict[str, float]:
             import cv2
