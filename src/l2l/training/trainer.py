@@ -318,9 +318,14 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT
 
+    def _frozen_names(self) -> set[str]:
+        """Parameters nothing trains (a frozen text encoder): rebuilt identically from config + seed on resume."""
+        return {n for n, p in self.model.named_parameters() if not p.requires_grad}
+
     def _checkpoint_state(self) -> dict[str, Any]:
+        frozen = self._frozen_names()  # skipping them keeps checkpoint.pt ~7x smaller with frozen MiniLM
         return {
-            "model": self.model.state_dict(),
+            "model": {k: v for k, v in self.model.state_dict().items() if k not in frozen},
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -358,7 +363,10 @@ class Trainer:
                 )
         if state["world_size"] != self.env.world_size:
             raise CheckpointError(f"{path}: saved with {state['world_size']} processes, resumed with {self.env.world_size}")
-        self.model.load_state_dict(state["model"])
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if set(missing) - self._frozen_names() or unexpected:
+            raise CheckpointError(f"{path}: model weights do not match the config (missing {sorted(missing)[:3]}, "
+                                  f"unexpected {sorted(unexpected)[:3]})")
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
