@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "priors_provider": "simulated",  # provider used when `priors` is empty (synthetic data only)
         "priors_seed": 0,  # seed of the simulated MLLM (fixed across training seeds, like a real MLLM)
         "proposal": "gaussian",  # soft proposal method: box | gaussian | grabcut | sam | none (no priors)
+        "cache_dir": "",  # shared priors/proposal cache (empty = <root>/.l2l_cache); evolving runs copy theirs
         "sam_checkpoint": "",  # local SAM checkpoint directory (proposal: sam)
         "max_val_samples": 0,  # evaluate on the first N validation samples (0 = all)
     },

@@ -218,7 +218,9 @@ class Trainer:
         """Priors and proposal banks (train, val) when the method needs proposals or the model takes them (SESM).
 
         Priors come from `data.priors` (a JSONL from `l2l priors run`), or, on synthetic data, from the simulated
-        MLLM run here. Banks live in `RUN_DIR/cache/` because self-evolving methods rewrite the training bank.
+        MLLM run here. Pristine banks live in a cache shared by every run on the data (`data.cache_dir`, default
+        `<root>/.l2l_cache`), computed once; a method that rewrites its training bank (self-evolution) works on
+        its own copy in `RUN_DIR/cache/`, made once, so a resumed run continues from its evolved labels.
         """
         d = self.cfg["data"]
         self.priors: dict[str, Any] | None = None
@@ -230,15 +232,24 @@ class Trainer:
             raise ConfigError(f"method {self.method_cls.name!r} needs proposals but data.proposal=none")
         from l2l.proposals import prepare_bank
 
+        shared = Path(d["cache_dir"]) if d["cache_dir"] else Path(d["root"]) / ".l2l_cache"
         kwargs = dict(
-            method=d["proposal"], size=self.model_config.image_size, cache_dir=self.run_dir / "cache",
-            priors=d["priors"] or None, provider=d["priors_provider"], seed=d["priors_seed"], progress=False,
+            method=d["proposal"], size=self.model_config.image_size, priors=d["priors"] or None,
+            provider=d["priors_provider"], seed=d["priors_seed"], progress=self.env.is_main and sys.stderr.isatty(),
             sam_checkpoint=d["sam_checkpoint"] or None, device=str(self.env.device),
         )
+        own = self.run_dir / "cache"
+        evolves = bool(getattr(self.method_cls, "evolve", False))
         for rank_turn in (True, False):  # rank 0 computes first, the others then open the finished files
             if self.env.is_main == rank_turn:
-                self.train_bank, train_priors = prepare_bank(d["root"], self.train_id, **kwargs)
-                self.val_bank, val_priors = prepare_bank(d["root"], self.val_id, **kwargs)
+                self.train_bank, train_priors = prepare_bank(d["root"], self.train_id, cache_dir=shared, **kwargs)
+                if evolves:
+                    name = f"{self.train_id.dataset}_{self.train_id.split_by}_{self.train_id.split}"
+                    if self.env.is_main and not (own / name).is_dir():
+                        shutil.copytree(shared / name, own / f".{name}.tmp", dirs_exist_ok=True)
+                        os.replace(own / f".{name}.tmp", own / name)
+                    self.train_bank, train_priors = prepare_bank(d["root"], self.train_id, cache_dir=own, **kwargs)
+                self.val_bank, val_priors = prepare_bank(d["root"], self.val_id, cache_dir=shared, **kwargs)
                 self.priors = {**train_priors, **val_priors}
             if rank_turn:
                 self.env.barrier()
