@@ -41,8 +41,8 @@ def run_dir_for(out: Path, method: str, ratio: float, seed: int) -> Path:
 
 def _modes_for(method: str, uses_sesm: bool) -> list[str]:
     cls = get_method_class("supervised" if method == FULL else method)
-    if getattr(cls, "uses_proposals_at_eval", False) and not uses_sesm:
-        return ["prior"]  # prior_only: the proposal is the prediction
+    if not getattr(cls, "needs_training", True):
+        return ["prior"]  # prior_only: the proposal is the prediction; prior-free it would predict nothing
     return ["prior", "prior_free"] if uses_sesm else ["prior_free"]
 
 

@@ -1,0 +1,123 @@
+"""The demo and the bench grid end to end on a tiny ShapeRefs, and the guarantee that training never reads the
+hidden masks of unlabelled images (only evaluation code may)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from l2l.cli.main import main
+from l2l.data.refer import ReferData
+from l2l.data.shaperefs import generate
+from l2l.data.splits import load_split
+from l2l.training.bench import aggregate, table_markdown
+from l2l.training.config import load_config
+from l2l.training.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+# Tiny encoders with SESM and Gaussian proposals: the L2L path at a few seconds per run.
+FAST = ("model.image_size=32", "model.dim=16", "model.decoder_dim=16", "model.use_sesm=true",
+        "data.proposal=gaussian", "train.batch_size=4", "train.unlabelled_batch_size=4", "train.eval_batch_size=16",
+        "data.max_val_samples=8", "train.log_every=1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("shaperefs")
+    generate(out, 40, seed=0, progress=False, workers=1)
+    return out
+
+
+def _from_evaluation_code() -> bool:
+    """True when the current mask read comes from evaluation code (the hidden-mask scorer, metrics)."""
+    for frame in inspect.stack()[2:]:
+        module = frame.frame.f_globals.get("__name__", "")
+        if module.startswith("l2l.evaluation") or frame.function == "score":  # Trainer._pseudo_scorer's scorer
+            return True
+    return False
+
+
+def test_training_never_reads_hidden_masks(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(TINY, [f"data.root={root}", *FAST, "data.ratio=0.25", "method.name=l2l", "train.max_steps=4",
+                             "train.epochs=4", "method.evolve_rounds=2", "method.evolve_start=0.0"])
+    run = tmp_path / "run"
+    trainer = Trainer(cfg, run)
+    labelled_images = set(load_split(run / "split.json")["labelled_image_ids"])
+    refer = ReferData(root, "shaperefs", "unc")
+    hidden_anns = {r["ann_id"] for r in refer.refs if r["split"] == "train" and r["image_id"] not in labelled_images}
+    assert hidden_anns, "the split must leave unlabelled training images"
+    reads = {"training": [], "evaluation": []}
+    original = ReferData.ann_mask
+
+    def spy(self: ReferData, ann_id: int):  # noqa: ANN202
+        if ann_id in hidden_anns:
+            reads["evaluation" if _from_evaluation_code() else "training"].append(ann_id)
+        return original(self, ann_id)
+
+    monkeypatch.setattr(ReferData, "ann_mask", spy)
+    summary = trainer.fit()
+    assert summary["steps"] == 4
+    assert reads["training"] == []
+    # the evaluation-side scorer did read them (so the spy sees the reads it should)
+    assert reads["evaluation"], "expected the hidden-mask scorer to read unlabelled masks"
+    logs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("method/evolve/hidden_mIoU" in rec for rec in logs)
+
+
+def test_demo_end_to_end(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--data-root", str(root), "--config", str(TINY), *FAST,
+                 "train.max_steps=2"])
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["label_ratio"] == 0.01
+    assert set(res["methods"]) == {"supervised", "l2l"}
+    for m in res["methods"].values():
+        assert set(m["by_mode"]) == {"prior", "prior_free"}
+        assert 0.0 <= m["mIoU"] <= 100.0 and m["by_mode"]["prior"]["n"] > 0
+    for name in ("overlays.png", "gallery.png", "index.html", "table.md"):
+        assert (out / name).stat().st_size > 0
+    assert "data:image/png;base64," in (out / "index.html").read_text()
+
+
+def test_bench_grid_resumes_and_writes_table(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    args = ["bench", *FAST, "train.max_steps=2", "--root", str(root), "--config", str(TINY), "--out", str(out),
+            "--ratios", "0.25", "--seeds", "0", "1", "--methods", "supervised", "prior_only", "--no-full",
+            "--eval-splits", "testA", "testB"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    cells = {(r["method"], r["seed"], r["split"], r["mode"]) for r in results}
+    assert ("supervised", 1, "testB", "prior_free") in cells and ("prior_only", 0, "testA", "prior") in cells
+    assert not any(r["method"] == "prior_only" and r["mode"] == "prior_free" for r in results)
+    table = (out / "table.md").read_text()
+    assert "| 25% | supervised | prior_free | 2 |" in table
+    # a second call finds every cell finished and trains nothing
+    final = out / "runs" / "supervised" / "r0.25" / "s0" / "final.json"
+    stamp = final.stat().st_mtime_ns
+    assert main(args) == 0
+    assert final.stat().st_mtime_ns == stamp
+    assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_aggregate_mean_std_over_seeds() -> None:
+    base = {"method": "l2l", "ratio": 0.01, "split": "testA", "mode": "prior", "n": 10}
+    keys = ("mIoU", "oIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9")
+    recs = [{**base, "seed": s, **{k: v for k in keys}} for s, v in ((0, 50.0), (1, 60.0), (2, 70.0))]
+    rows = [r for r in aggregate(recs) if r["split"] == "testA"]
+    assert len(rows) == 1 and rows[0]["seeds"] == 3
+    assert rows[0]["mIoU"] == pytest.approx(60.0) and rows[0]["mIoU_std"] == pytest.approx(10.0)
+    assert "60.00 ± 10.00" in table_markdown(rows, "testA")
