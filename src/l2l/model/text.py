@@ -27,7 +27,9 @@ def minilm_path() -> str:
 
 def _build_transformer(name: str, load_weights: bool) -> nn.Module:
     from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar would clutter every run's log
     if name == "tiny":
         # The vocabulary of the MiniLM tokenizer, so the default Processor tokenises for it too.
         vocab = AutoConfig.from_pretrained(minilm_path()).vocab_size
