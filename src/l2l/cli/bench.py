@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", required=True, help="data root (ShapeRefs is generated there if missing)")
     p.add_argument("--dataset", default="shaperefs")
     p.add_argument("--split-by", default="unc")
-    p.add_argument("--config", default=None, help="training config (default: configs/shaperefs.yaml of this repo)")
+    p.add_argument("--config", default=None, help="training config (default: configs/shaperefs_semi.yaml of this repo)")
     p.add_argument("--ratios", nargs="+", type=float, default=[0.01, 0.05, 0.1])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=None, help="default: every method (see l2l.training.bench)")
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if args.dataset == "shaperefs":
         ensure_shaperefs(root, args.images, log=lambda m: print(m, file=sys.stderr))
-    config = Path(args.config) if args.config else default_config("shaperefs.yaml")
+    config = Path(args.config) if args.config else default_config("shaperefs_semi.yaml")
     methods = list(args.methods or ALL_METHODS)
     ratios, seeds, full = args.ratios, args.seeds, not args.no_full
     if args.quick:

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", default=None, help="where ShapeRefs is generated/cached")
     p.add_argument("--images", type=int, default=1500, help="ShapeRefs images to generate (default 1500)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", default=None, help="training config (default: configs/shaperefs.yaml)")
+    p.add_argument("--config", default=None, help="training config (default: configs/shaperefs_semi.yaml)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. train.max_steps=300")
     p.set_defaults(func=run)
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from l2l.training.demo import default_cache, run_demo
 
     data_root = Path(args.data_root) if args.data_root else default_cache() / f"shaperefs-{args.images}-s{args.seed}"
-    config = Path(args.config) if args.config else default_config("shaperefs.yaml")
+    config = Path(args.config) if args.config else default_config("shaperefs_semi.yaml")
     run_demo(Path(args.out), data_root, args.images, args.seed, config, tuple(args.overrides),
              log=lambda m: print(m, flush=True))
     return 0

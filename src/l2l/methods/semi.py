@@ -109,7 +109,7 @@ class TeacherStudentMethod(Method):
     needs_unlabelled: ClassVar[bool] = True
     needs_proposals: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {
-        "ema_momentum": 0.999,  # teacher momentum (0 = previous-step student, UniMatch-style)
+        "ema_momentum": 0.99,  # EMA teacher momentum (0.99 suits our few-hundred-step CPU schedules; ~0.999 for 40-epoch GPU runs)
         "lambda_u": 1.0,  # weight of the unlabelled loss after ramp-up
         "rampup": 0.2,  # fraction of training over which lambda_u ramps up from ~0
         "ce_weight": 1.0,  # CE share of every CE+Dice term

@@ -25,12 +25,7 @@ import torch
 
 from l2l.training.bench import METRIC_KEYS
 
-DEMO_OVERRIDES = (
-    "train.max_steps=150",
-    "train.epochs=1000",
-    "train.val_every=1000",
-    "data.max_val_samples=200",
-)
+DEMO_OVERRIDES = ("train.max_steps=150", "data.max_val_samples=200")
 
 
 def default_cache() -> Path:
