@@ -14,6 +14,9 @@ What one step is: forward with a soft proposal (SESM on, the L2L setting), CE + 
 proposal, backward, AdamW. Inputs are prepared tensors (data loading excluded); every step has new sentences, so
 a frozen text encoder's feature cache misses as in a first epoch. Evaluation = forward under no_grad.
 
+Images/s: the best of the timed steps (wall clock; the least disturbed by other processes, as `timeit` reports)
+and the median. Part shares and FLOP rates use a contention-proof clock: on a CPU the process's CPU time (all
+threads; the wall clock of a shared 2-core machine swings tenfold with other people's jobs), on a GPU the wall clock.
 Per-part time: one forward is recorded with forward hooks on the parts (visual encoder, text encoder, fusion =
 pixel-word attention + gated residuals, SESM, decoder); each recorded call is then replayed alone, forward and
 backward, and timed. "other" is the step time the parts do not explain (losses, upsampling, optimizer, glue).
@@ -92,6 +95,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def clock(device: torch.device) -> float:
+    """The clock that part shares and FLOP rates use: on a CPU the process's CPU time (all threads), which other
+    processes on a shared machine barely change, unlike the wall clock; on a GPU the wall clock after a sync."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return time.process_time()
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
@@ -105,13 +117,15 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     torch.mm(a, b)
     best = float("inf")
     for _ in range(4):
-        sync(device)
-        start = time.perf_counter()
+        start = clock(device)
         for _ in range(reps):
             torch.mm(a, b)
-        sync(device)
-        best = min(best, (time.perf_counter() - start) / reps)
-    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "flops_per_s": 2.0 * n**3 / best}
+        best = min(best, (clock(device) - start) / reps)
+    # On a CPU `best` is CPU seconds of all threads: the rate per thread-second, times the threads, is the rate the
+    # machine reaches alone.
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "flops_per_clock_s": 2.0 * n**3 / best,
+            "flops_per_s": 2.0 * n**3 / best * threads}
 
 
 def make_batches(model: RESModel, batch: int, count: int, seed: int) -> list[dict[str, torch.Tensor]]:
@@ -209,15 +223,13 @@ def _replay(model: RESModel, recorded: list[tuple[nn.Module, tuple, dict]], dtyp
         args, kwargs = _fresh(args), _fresh(kwargs)
         if module is model.text:
             model.text.clear_cache()  # measure encoding, as for a sentence seen for the first time
-        sync(device)
-        start = time.perf_counter()
+        start = clock(device)
         with autocast(device, dtype):
             out = module(*args, **kwargs)
         outs = [t for t in _tensors(out) if t.requires_grad]
         if outs:
             torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
-        sync(device)
-        total += time.perf_counter() - start
+        total += clock(device) - start
     return total
 
 
@@ -260,22 +272,25 @@ def parts_profile(model: RESModel, b: Mapping[str, torch.Tensor], dtype: torch.d
             flops[part] += float(counter.get_total_flops()) * (3.0 if trains else 1.0)
         if warmup:
             _replay(model, recorded, dtype, device)
-        seconds[part] = sum(_replay(model, recorded, dtype, device) for _ in range(repeats)) / repeats
+        seconds[part] = min(_replay(model, recorded, dtype, device) for _ in range(repeats))
     model.zero_grad(set_to_none=True)
     return seconds, flops
 
 
-def timed(fn: Callable[[int], None], n: int, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
+def timed(fn: Callable[[int], None], n: int, device: torch.device) -> tuple[list[float], list[float]]:
+    """Wall seconds and `clock` seconds of each of `n` calls `fn(0..n-1)`."""
+    wall, work = [], []
     for i in range(n):
+        sync(device)
+        start, start_clock = time.perf_counter(), clock(device)
         fn(i)
-    sync(device)
-    return time.perf_counter() - start
+        work.append(clock(device) - start_clock)
+        wall.append(time.perf_counter() - start)
+    return wall, work
 
 
-def predict_latency(model: RESModel, tmp: Path, device: torch.device) -> float:
-    """Median seconds of `Predictor(image, text)` on a 640x480 image after loading (what `l2l predict` pays)."""
+def predict_latency(model: RESModel, tmp: Path, device: torch.device) -> list[float]:
+    """Seconds of five `Predictor(image, text)` calls on a 640x480 image after loading and one warm-up call."""
     from l2l.evaluation import Predictor
 
     model.save_pretrained(tmp / "ckpt")
@@ -287,7 +302,7 @@ def predict_latency(model: RESModel, tmp: Path, device: torch.device) -> float:
         start = time.perf_counter()
         predictor(image, f"the red circle left of square {k}")
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 # ------------------------------------------------------------------------------------------------ one config
@@ -311,7 +326,7 @@ def run_config(name: str, device: torch.device, dtype: torch.dtype | None, steps
             torch.cuda.reset_peak_memory_stats(device)
         if not big:
             train_step(model, opt, batches[-1], dtype)  # warm-up (allocations, AdamW state)
-        train_s = timed(lambda i: train_step(model, opt, batches[i], dtype), steps, device)
+        train_times, train_clock = timed(lambda i: train_step(model, opt, batches[i], dtype), steps, device)
         model.eval()
         with torch.no_grad():
             model.text.clear_cache()
@@ -324,9 +339,10 @@ def run_config(name: str, device: torch.device, dtype: torch.dtype | None, steps
                 with autocast(device, dtype):
                     forward(model, batches[i])
 
-            eval_s = timed(eval_step, steps, device)
+            eval_times, _ = timed(eval_step, steps, device)
         model.train()
-        step_s = train_s / steps
+        step_s = min(train_times)  # best of N: the least disturbed by other processes, like `timeit`
+        step_clock = statistics.median(train_clock)
         parts, flops = parts_profile(model, batches[0], dtype, repeats=1 if big else 2, warmup=not big)
         total_flops = sum(flops.values())
         if device.type == "cuda":
@@ -344,22 +360,29 @@ def run_config(name: str, device: torch.device, dtype: torch.dtype | None, steps
                          else f"1 warm-up + {steps} timed steps, parts replayed twice after a warm-up"),
             "params_total_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "params_trained_m": sum(p.numel() for p in params) / 1e6,
-            "train_images_per_s": batch * steps / train_s,
+            "train_images_per_s": batch / step_s,
+            "train_images_per_s_median": batch / statistics.median(train_times),
             "train_step_s": step_s,
-            "eval_images_per_s": batch * steps / eval_s,
+            "train_step_times_s": train_times,
+            "eval_images_per_s": batch / min(eval_times),
+            "eval_images_per_s_median": batch / statistics.median(eval_times),
             "peak_memory_mib": peak_mem,
             "peak_memory_kind": mem_kind,
-            "part_seconds": parts,
-            "part_share_of_step": {p: parts[p] / step_s for p in PARTS},
-            "other_share_of_step": max(0.0, 1.0 - sum(parts.values()) / step_s),
+            "step_clock_s": step_clock,
+            "clock": "process CPU seconds (all threads)" if device.type == "cpu" else "wall seconds",
+            "part_clock_s": parts,
+            "part_share_of_step": {p: parts[p] / step_clock for p in PARTS},
+            "other_share_of_step": max(0.0, 1.0 - sum(parts.values()) / step_clock),
             "flops_per_step": total_flops,
             "part_flops": flops,
             "achieved_flops_per_s": total_flops / step_s,
-            "fraction_of_matmul_peak": total_flops / step_s / peak,
+            "fraction_of_matmul_peak": total_flops / step_clock / peak,
             "part_fraction_of_matmul_peak": {p: (flops[p] / parts[p] / peak if parts[p] > 0 else 0.0) for p in PARTS},
         }
         if name == "cpu-default":
-            result["predict_latency_s"] = predict_latency(model.cpu().eval(), tmp, torch.device("cpu"))
+            times = predict_latency(model.cpu().eval(), tmp, torch.device("cpu"))
+            result["predict_latency_s"] = statistics.median(times)
+            result["predict_latency_best_s"] = min(times)
         return result
 
 
@@ -373,30 +396,37 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine: {m['device']}, {m['threads']} torch threads, torch {m['torch']}, Python {m['python']}; "
         f"load average {m['loadavg_before']} before and {m['loadavg_after']} after the run.",
         f"Dense matmul reference ({m['peak']['dtype']}, {m['peak']['n']}x{m['peak']['n']}): "
-        f"{m['peak']['flops_per_s'] / 1e9:.1f} GFLOP/s.",
+        f"{m['peak']['flops_per_s'] / 1e9:.1f} GFLOP/s (best of 4; on a CPU CPU-seconds per matmul divided by the "
+        "threads, i.e. the rate of the machine alone).",
     ]
     if report.get("note"):
         lines += ["", f"Note: {report['note']}"]
-    lines += ["", "| config | batch | train img/s | eval img/s | peak memory MiB | step s | achieved GFLOP/s | of matmul peak |",
+    lines += ["", "Best of the timed steps (median in parentheses):", "",
+              "| config | batch | train img/s | eval img/s | peak memory MiB | step s | achieved GFLOP/s (wall) | of matmul peak (CPU time) |",
               "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
-        lines.append(f"| {r['config']} ({r['model']['image_size']}px) | {r['batch']} | {r['train_images_per_s']:.2f} | "
-                     f"{r['eval_images_per_s']:.2f} | {r['peak_memory_mib']:.0f} | {r['train_step_s']:.3f} | "
+        lines.append(f"| {r['config']} ({r['model']['image_size']}px) | {r['batch']} | {r['train_images_per_s']:.2f} "
+                     f"({r['train_images_per_s_median']:.2f}) | {r['eval_images_per_s']:.2f} "
+                     f"({r['eval_images_per_s_median']:.2f}) | {r['peak_memory_mib']:.0f} | {r['train_step_s']:.3f} | "
                      f"{r['achieved_flops_per_s'] / 1e9:.1f} | {100 * r['fraction_of_matmul_peak']:.1f}% |")
     lines += [""] + [f"- {r['config']}: {r['protocol']}; {r['params_total_m']:.1f} M parameters, "
                      f"{r['params_trained_m']:.1f} M trained; {r['flops_per_step'] / 1e9:.1f} GFLOP per step "
                      f"(forward + backward); wall {r.get('wall_s', 0)} s." for r in report["results"]]
     lines += ["", "Share of the training step (forward + backward of each part replayed alone; other = loss, "
-              "upsampling, optimizer, glue) and each part's FLOP rate as a share of the matmul peak:", "",
+              "upsampling, optimizer, glue) and each part's FLOP rate as a share of the matmul peak, both in "
+              f"{report['results'][0]['clock'] if report['results'] else ''}:", "",
               "| config | " + " | ".join(PARTS) + " | other |", "|---" * (len(PARTS) + 2) + "|"]
     for r in report["results"]:
         cells = [f"{100 * r['part_share_of_step'][p]:.1f}% ({100 * r['part_fraction_of_matmul_peak'][p]:.0f}% pk)"
                  for p in PARTS]
         lines.append(f"| {r['config']} | " + " | ".join(cells) + f" | {100 * r['other_share_of_step']:.1f}% |")
+    lines += ["", "Replayed alone, a part can cost a little more than inside the step (no warm-up for a one-step run, "
+              "no shared caches), so the shares can add up to slightly over 100%; `other` is then 0."]
     for r in report["results"]:
         if "predict_latency_s" in r:
-            lines += ["", f"`Predictor` on one 640x480 image after loading ({r['config']}): "
-                      f"{r['predict_latency_s'] * 1000:.0f} ms (median of 5)."]
+            lines += ["", f"`Predictor` on one 640x480 image after loading and one warm-up call ({r['config']}): "
+                      f"median {r['predict_latency_s'] * 1000:.0f} ms, best {r['predict_latency_best_s'] * 1000:.0f} ms "
+                      "of 5 (new sentence each call: the text encoder runs every time)."]
     lines += ["", "Memory: " + "; ".join(f"{r['config']}: {r['peak_memory_kind']}" for r in report["results"]) + ".",
               "The `lavt-size` weights are random (shapes of Swin-B and BERT-base); speed does not depend on them.", ""]
     return "\n".join(lines)
@@ -407,18 +437,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", default=["cpu-default", "lavt-size"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="autocast dtype (bf16 on GPU)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 8 cpu-default, 1 lavt-size "
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 4 cpu-default, 1 lavt-size "
                         "on CPU; 20 on GPU)")
     parser.add_argument("--batch", type=int, default=None, help="override every config's batch size")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice). On a CPU shared with other jobs 1 can be "
+                        "far faster: idle OpenMP threads spin at every barrier while a sibling thread is descheduled")
     parser.add_argument("--note", default="", help="a remark for the report (e.g. shared machine)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for throughput.json/.md")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one config, print JSON
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else None
     if args.child:
-        peak = json.loads(os.environ["L2L_BENCH_PEAK"])
-        steps = args.steps or (20 if device.type == "cuda" else (1 if args.child == "lavt-size" else 8))
+        peak = json.loads(os.environ["L2L_BENCH_PEAK"])  # FLOP per clock second
+        steps = args.steps or (20 if device.type == "cuda" else (1 if args.child == "lavt-size" else 4))
         result = run_config(args.child, device, dtype, steps, args.batch, peak)
         print("RESULT " + json.dumps(result))
         return 0
@@ -427,10 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.configs:
         cmd = [sys.executable, __file__, "--child", name, "--device", args.device, "--dtype", args.dtype]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
         cmd += (["--steps", str(args.steps)] if args.steps else []) + (["--batch", str(args.batch)] if args.batch else [])
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ,
-                                                                         "L2L_BENCH_PEAK": json.dumps(peak["flops_per_s"])})
+                                                                         "L2L_BENCH_PEAK": json.dumps(peak["flops_per_clock_s"])})
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             print(proc.stderr[-3000:], file=sys.stderr)
