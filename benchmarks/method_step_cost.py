@@ -5,8 +5,8 @@ printed too, so the cost of the extra data can be told apart from the cost of th
 backward pass, the student's AdamW step and `after_optimizer_step` (EMA). Steps of all methods are interleaved
 so that load from other processes hits them alike.
 
-    python scripts/method_step_cost.py --model default --steps 12
-    python scripts/method_step_cost.py --model tiny --methods supervised l2l
+    python benchmarks/method_step_cost.py --model default --steps 12
+    python benchmarks/method_step_cost.py --model tiny --methods supervised l2l
 """
 
 from __future__ import annotations
