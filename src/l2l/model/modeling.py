@@ -161,6 +161,10 @@ class RESModel(nn.Module):
         self.residual = nn.ModuleList([GatedResidual(config.dim, c) for c in channels[:3]]) if self.staged else None
         self.sesm = nn.ModuleList([SESM(config.dim, self.text.dim) for _ in channels]) if config.use_sesm else None
         self.decoder = Decoder(config.dim, config.decoder_dim)
+        # Prior residual: with a proposal, the output starts from logit(q) at full resolution and the decoder learns
+        # the correction (wrong object, wrong extent). Without it, the stride-4 decoder must first re-learn what the
+        # proposal already says at full resolution (ShapeRefs, 100% labels, val with priors: 65.7 mIoU after 605 steps without it, 65.7 after 300 steps with it).
+        self.prior_out_scale = nn.Parameter(torch.tensor(1.0)) if config.use_sesm else None
         if config.freeze_vision:
             self.vision.requires_grad_(False)
         if config.channels_last:
@@ -230,6 +234,8 @@ class RESModel(nn.Module):
             for i, v in enumerate(self.vision(pixel_values)):
                 fuse(i, v)
         logits = F.interpolate(self.decoder(multimodal), size=size, mode="bilinear", align_corners=False)
+        if self.prior_out_scale is not None and use is not None:
+            logits = logits + self.prior_out_scale * use * torch.logit(q.clamp(1e-3, 1.0 - 1e-3))
         out_refined = None
         if refined:
             out_refined = F.interpolate(refined[0], size=size, mode="bilinear", align_corners=False)
