@@ -158,7 +158,7 @@ def test_label_reward_hand_case() -> None:
 @pytest.mark.parametrize("credit", ["pixel", "image"])
 def test_policy_gradient_learns_to_accept_rewarded_pixels(credit: str) -> None:
     torch.manual_seed(0)
-    rple = RPLE(factor=1, samples=8, lr=0.05, entropy_coef=0.0, init_accept=0.5, credit=credit)
+    rple = RPLE(factor=1, samples=8, lr=0.05, entropy_coef=0.0, init_accept=0.5, rule_init=False, credit=credit)
     good = (torch.rand(4, 1, 8, 8) > 0.5).float()
     state = torch.zeros(4, len(STATE_CHANNELS), 8, 8)
     state[:, 0] = good[:, 0]  # the signal is visible in the state
@@ -234,6 +234,8 @@ def test_self_evolution_rewrites_the_bank_on_accepted_pixels(tmp_path) -> None: 
     with torch.no_grad():  # a policy that accepts some pixels and rejects others
         torch.nn.init.normal_(method.rple.policy.out.weight, std=3.0)
         method.rple.policy.out.bias.zero_()
+        method.rple.policy.rule.weight.zero_()
+        method.rple.policy.rule.bias.zero_()
     assert method.on_epoch_end(0, {"unlabelled_loader": u_batches, "step": 49}) == {}  # before the first round
     batch = u_batches[0]
     q_before = bank.get(batch["sample_ids"][0]).copy()
@@ -316,3 +318,12 @@ def test_l2l_on_the_real_tiny_network() -> None:
     out.loss.backward()
     assert model.decoder.head.weight.grad is not None
     assert "loss_guide_l" in out.logs and "loss_guide_u" in out.logs
+
+
+def test_rule_init_policy_accepts_agreement_and_rejects_conflict() -> None:
+    rple = RPLE(factor=1, samples=2)
+    state = torch.zeros(2, len(STATE_CHANNELS), 4, 4)
+    state[1, STATE_CHANNELS.index("disagreement")] = 0.6  # teacher and proposal disagree
+    state[1, STATE_CHANNELS.index("teacher_entropy")] = 0.9  # and the teacher is unsure
+    accept = rple.greedy(state)
+    assert bool(accept[0].all()) and not bool(accept[1].any())

@@ -74,7 +74,8 @@ class L2LMethod(TeacherStudentMethod):
         "rple_logit_reg": 0.005,  # L2 penalty on policy logits: keeps decisions from saturating (|logit| ~ 4)
         "rple_lr": 1e-3,  # Adam learning rate of the policy
         "rple_width": 32,  # channels of the policy's conv net
-        "rple_init_accept": 0.6,  # initial acceptance probability of every pixel
+        "rple_init_accept": 0.6,  # initial acceptance probability of every pixel (only with rple_rule_init off)
+        "rple_rule_init": True,  # start from "accept where teacher and proposal agree" (see AcceptancePolicy)
         "rple_credit": "pixel",  # "pixel" (per-decision parts of the GRPO advantage) or "image" (plain GRPO)
         "utility_weight": 0.5,  # weight of the utility advantage next to the label advantage (0 = off)
         "proxy_every": 2,  # proxy episode (extra teacher forward on the labelled batch) every N steps
@@ -94,7 +95,8 @@ class L2LMethod(TeacherStudentMethod):
         self.rple = RPLE(factor=self.factor, samples=int(c["rple_samples"]), beta=float(c["rple_beta"]),
                          entropy_coef=float(c["rple_entropy"]), logit_reg=float(c["rple_logit_reg"]),
                          lr=float(c["rple_lr"]), width=int(c["rple_width"]),
-                         init_accept=float(c["rple_init_accept"]), credit=str(c["rple_credit"]),
+                         init_accept=float(c["rple_init_accept"]), rule_init=bool(c["rple_rule_init"]),
+                         credit=str(c["rple_credit"]),
                          seed=int(c["seed"])) if self.use_rple else None
         self.utility = self.use_rple and float(c["utility_weight"]) > 0
         self.head = head_parameters(model) if self.utility else []

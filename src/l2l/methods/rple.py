@@ -159,9 +159,16 @@ def average_gradients_across_ranks(module: nn.Module) -> None:
 
 
 class AcceptancePolicy(nn.Module):
-    """A small conv net: state `[B, C, h, w]` -> acceptance logits `[B, 1, h, w]` (dilated for context)."""
+    """A small conv net: state `[B, C, h, w]` -> acceptance logits `[B, 1, h, w]` (dilated for context).
 
-    def __init__(self, in_channels: int = len(STATE_CHANNELS), width: int = 32, init_accept: float = 0.6) -> None:
+    The logits are a learned 1x1 "rule" over the state plus a conv correction. With `rule_init` the rule starts
+    as "accept where teacher and proposal agree and the teacher is certain" (logit `2.5 - 8 |p - q| - 4 H(p)`)
+    and the correction at zero, so RL refines a sensible policy instead of discovering one: a near-uniform start
+    needed far more steps than a CPU schedule has (ShapeRefs 1%: 9% acceptance at 46% precision after 60 steps).
+    """
+
+    def __init__(self, in_channels: int = len(STATE_CHANNELS), width: int = 32, init_accept: float = 0.6,
+                 rule_init: bool = True) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1),
@@ -170,12 +177,20 @@ class AcceptancePolicy(nn.Module):
             nn.GELU(),
         )
         self.out = nn.Conv2d(width, 1, 1)
-        # Start near-uniform at `init_accept`: a random policy would accept a random half of every image.
+        self.rule = nn.Conv2d(in_channels, 1, 1)
         nn.init.normal_(self.out.weight, std=1e-3)
-        nn.init.constant_(self.out.bias, math.log(init_accept / (1.0 - init_accept)))
+        nn.init.zeros_(self.out.bias)
+        nn.init.zeros_(self.rule.weight)
+        if rule_init:
+            with torch.no_grad():
+                self.rule.weight[0, STATE_CHANNELS.index("disagreement")] = -8.0
+                self.rule.weight[0, STATE_CHANNELS.index("teacher_entropy")] = -4.0
+                self.rule.bias.fill_(2.5)
+        else:  # near-uniform at `init_accept`
+            nn.init.constant_(self.rule.bias, math.log(init_accept / (1.0 - init_accept)))
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.out(self.body(state))
+        return self.rule(state) + self.out(self.body(state))
 
 
 class RPLE:
@@ -191,6 +206,7 @@ class RPLE:
         lr: float = 1e-3,
         width: int = 32,
         init_accept: float = 0.6,
+        rule_init: bool = True,
         credit: str = "pixel",
         seed: int = 0,
     ) -> None:
@@ -198,7 +214,7 @@ class RPLE:
             raise ValueError(f"RPLE needs at least 2 samples per image for a group advantage, got {samples}")
         self.factor, self.samples, self.beta = int(factor), int(samples), float(beta)
         self.entropy_coef, self.logit_reg, self.credit = float(entropy_coef), float(logit_reg), credit
-        self.policy = AcceptancePolicy(len(STATE_CHANNELS), width, init_accept)
+        self.policy = AcceptancePolicy(len(STATE_CHANNELS), width, init_accept, rule_init)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
         self.generator = torch.Generator().manual_seed(int(seed))
 
