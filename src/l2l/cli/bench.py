@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-full", action="store_true", help="skip the fully supervised (100%%) upper bound")
     p.add_argument("--eval-splits", nargs="+", default=["testA", "testB"])
     p.add_argument("--quick", action="store_true", help="1%% labels, seed 0, five methods, no upper bound")
-    p.add_argument("--images", type=int, default=3000, help="ShapeRefs size when it has to be generated")
+    p.add_argument("--images", type=int, default=1500, help="ShapeRefs size when it has to be generated")
     p.add_argument("--out", required=True, help="output directory (results.json, table.md, runs/)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (applied to every run)")
     p.set_defaults(func=run)

@@ -80,7 +80,7 @@ class L2LMethod(TeacherStudentMethod):
         "utility_weight": 0.5,  # weight of the utility advantage next to the label advantage (0 = off)
         "proxy_every": 2,  # proxy episode (extra teacher forward on the labelled batch) every N steps
         "fixed_threshold": 0.9,  # l2l_no_rple: accept where max(m, 1 - m) >= this
-        "evolve_rounds": 3,  # self-evolution rounds over the run (0 = never), evenly spaced in steps ...
+        "evolve_rounds": 2,  # self-evolution rounds over the run (0 = never), evenly spaced in steps ...
         "evolve_start": 0.3,  # ... from this fraction of the training steps on
         "evolve_mu": 0.5,  # q <- (1 - mu) q + mu p on accepted pixels
         "evolve_labelled": True,  # also evolve labelled samples' proposals (the model sees them as input)
