@@ -200,6 +200,7 @@ def render_gallery(trainer: Any, data_root: Path, path: Path, n: int = 6) -> tup
     import matplotlib
 
     matplotlib.use("Agg")
+    import cv2
     import matplotlib.patches as patches
     import matplotlib.pyplot as plt
 
@@ -231,7 +232,10 @@ def render_gallery(trainer: Any, data_root: Path, path: Path, n: int = 6) -> tup
         prior = trainer.priors.get(sid)
         q0 = make_proposal(trainer.cfg["data"]["proposal"], img, prior).map
         gt = full.mask(by_id[sid])
-        panels = [img, q0, accept[r, 0].float().cpu().numpy(), batch["proposal"][r, 0].cpu().numpy(), gt]
+        def at_image_size(square: torch.Tensor) -> np.ndarray:  # model-resolution map -> the image's own size
+            return cv2.resize(square.float().cpu().numpy(), (w, h), interpolation=cv2.INTER_NEAREST)
+
+        panels = [img, q0, at_image_size(accept[r, 0]), at_image_size(batch["proposal"][r, 0]), gt]
         for c, panel in enumerate(panels):
             ax = axes[r, c]
             if c == 0:
