@@ -550,7 +550,8 @@ class Trainer:
             u_stream = self._unlabelled_stream(self.epoch * self.micro_per_epoch + self.micro_done)
         amp = tr["bf16"]
         running: dict[str, float] = {}
-        running_n, t0, images = 0, time.perf_counter(), 0
+        seen: dict[str, float] = {}  # optimizer steps that logged each key (some logs come every other step)
+        t0, images = time.perf_counter(), 0
         self.model.train()
         if not getattr(self.method_cls, "needs_training", True):
             # Nothing to learn (prior_only): score and save once, so its run directory looks like any other.
@@ -580,6 +581,7 @@ class Trainer:
                 images += len(batch_l["sample_ids"])
                 for k, v in out.logs.items():
                     running[k] = running.get(k, 0.0) + float(v) / group_size
+                    seen[k] = seen.get(k, 0.0) + 1.0 / group_size
                 if bar is not None:
                     bar.update(1)
                 if self.micro_done - group_start < group_size:
@@ -594,16 +596,15 @@ class Trainer:
                 self.method.after_optimizer_step(self.step)
                 self.step += 1
                 steps_this_run += 1
-                running_n += 1
                 if self.step % tr["log_every"] == 0:
                     dt = time.perf_counter() - t0
                     rec = {"step": self.step, "epoch": self.epoch, "lr": lr}
-                    rec.update({f"train/{k}": v / running_n for k, v in running.items()})
+                    rec.update({f"train/{k}": v / max(seen.get(k, 0.0), 1e-9) for k, v in running.items()})
                     rec["train/images_per_s"] = images * env.world_size / max(dt, 1e-9)
                     self._log(rec)
                     if bar is not None:
                         bar.set_postfix(loss=f"{rec.get('train/loss', float('nan')):.3f}")
-                    running, running_n, t0, images = {}, 0, time.perf_counter(), 0
+                    running, seen, t0, images = {}, {}, time.perf_counter(), 0
                 if self.step % tr["checkpoint_every"] == 0 and self.micro_done < self.micro_per_epoch:
                     self.save_checkpoint()
                 if tr["stop_after_steps"] and steps_this_run >= tr["stop_after_steps"]:
