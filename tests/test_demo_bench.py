@@ -8,11 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from l2l.cli.main import main
 from l2l.data.refer import ReferData
-from l2l.data.shaperefs import generate
 from l2l.data.splits import load_split
 from l2l.training.bench import aggregate, table_markdown
 from l2l.training.config import load_config
@@ -26,19 +24,7 @@ FAST = ("model.image_size=32", "model.dim=16", "model.decoder_dim=16", "model.us
         "data.max_val_samples=8", "train.log_every=1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("shaperefs")
-    generate(out, 40, seed=0, progress=False, workers=1)
-    return out
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _from_evaluation_code() -> bool:

@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 from l2l.cli.main import main
 from l2l.data.dataset import RESDataset
-from l2l.data.shaperefs import generate
 from l2l.evaluation.evaluator import evaluate
 from l2l.model import RESModel
 from l2l.training.config import load_config
@@ -27,20 +26,7 @@ FAST = ["model.image_size=32", "model.dim=16", "model.decoder_dim=16", "train.ba
         "train.eval_batch_size=1", "data.max_val_samples=6", "train.log_every=1", "data.ratio=0.25"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine two OpenMP threads make tiny steps 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("shaperefs")
-    generate(out, 40, seed=0, progress=False, workers=1)
-    return out
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(root: Path, *extra: str) -> dict:
