@@ -196,6 +196,43 @@ def plot_ratio_curve(rows: list[dict[str, Any]], path: Path, mode_pref: Sequence
     plt.close(fig)
 
 
+def plot_evolution(out: Path, path: Path) -> bool:
+    """Pseudo-label mIoU per self-evolution round for every run that evolved its labels; False when none did.
+
+    Reads the runs' `metrics.jsonl`: `method/evolve/hidden_mIoU` (ShapeRefs only, scored by evaluation code against
+    the hidden masks) and `method/evolve/proxy_q_miou_after` (labelled proxy set)."""
+    series = []
+    for log in sorted(out.glob("runs/*/r*/s*/metrics.jsonl")):
+        recs = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()]
+        rounds = [r for r in recs if "method/evolve/round" in r]
+        if rounds:
+            series.append((log.parent.relative_to(out / "runs").as_posix(), rounds))
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rounds in series:
+        xs = [int(r["method/evolve/round"]) for r in rounds]
+        for key, style, label in (("method/evolve/hidden_mIoU", "-o", "hidden D_u masks"),
+                                  ("method/evolve/proxy_q_miou_after", "--s", "proxy (labelled)")):
+            ys = [r.get(key) for r in rounds]
+            if all(y is not None for y in ys):
+                ax.plot(xs, ys, style, label=f"{name}: {label}")
+    ax.set_xlabel("self-evolution round")
+    ax.set_ylabel("pseudo-label mIoU (%)")
+    ax.set_title("Evolving labels (proposal bank) against ground truth")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def write_outputs(out: Path, records: list[dict[str, Any]], command: str) -> list[dict[str, Any]]:
     rows = aggregate(records)
     atomic_write_json(out / "results.json", records)
@@ -206,6 +243,7 @@ def write_outputs(out: Path, records: list[dict[str, Any]], command: str) -> lis
     atomic_write_text(out / "table.md", "\n".join(parts))
     if rows:
         plot_ratio_curve(rows, out / "miou_vs_ratio.png")
+    plot_evolution(out, out / "evolution.png")
     return rows
 
 
