@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from l2l.cli.common import group_help
 from l2l.data.refer import DATASETS, ReferData
 from l2l.data.splits import make_split
 from l2l.errors import InputError
@@ -67,12 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     synth.set_defaults(func=_cmd_synth)
 
-    data.set_defaults(func=lambda args: _help(data))
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
+    data.set_defaults(func=lambda args: group_help(data))
 
 
 def _cmd_split(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from l2l.cli.common import group_help
 from l2l.data.dataset import DataId, RESDataset
 from l2l.errors import ConfigError
 from l2l.priors.base import PROVIDER_NAMES, PriorProvider
@@ -90,12 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--no-progress", action="store_true", help="no progress bar")
     report.set_defaults(func=_cmd_report)
 
-    priors.set_defaults(func=lambda args: _help(priors))
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
+    priors.set_defaults(func=lambda args: group_help(priors))
 
 
 def _sim_config(pairs: list[str]):

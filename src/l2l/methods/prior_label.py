@@ -13,8 +13,8 @@ from torch import nn
 
 from l2l.methods.base import Method, StepOutput
 from l2l.methods.losses import ce_dice
-from l2l.methods.semi import (check_unlabelled, has_proposal_weight, join_inputs, model_inputs, sigmoid_rampup,
-                              split_output)
+from l2l.methods.semi import (check_unlabelled, has_proposal_weight, join_inputs, labelled_loss, model_inputs,
+                              sigmoid_rampup, split_output)
 from l2l.methods.supervised import model_uses_sesm
 from l2l.methods.teacher import Views
 
@@ -50,14 +50,7 @@ class PriorLabelMethod(Method):
                              model_inputs(batch_u, strong, self.use_proposals))
         out_l, out_u = split_output(self.model(**joined), batch_l["pixel_values"].shape[0])
 
-        gt = batch_l["mask"].to(out_l["logits"].device).float()
-        loss_sup = self._loss(out_l["logits"], gt)
-        loss, logs = loss_sup, {"loss_sup": float(loss_sup.detach())}
-        refined, lambda_g = out_l.get("refined"), float(self.cfg["lambda_g"])
-        if refined is not None and lambda_g > 0:
-            w = has_proposal_weight(batch_l, refined)
-            if bool(w.any()):
-                loss = loss + lambda_g * self._loss(refined, gt, w)
+        loss, logs = labelled_loss(out_l, batch_l, self._loss, float(self.cfg["lambda_g"]))
 
         logits_u = out_u["logits"]
         target = (batch_u["proposal"].to(logits_u.device) > 0.5).float()

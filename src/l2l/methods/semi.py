@@ -99,6 +99,23 @@ def has_proposal_weight(batch: dict, like: torch.Tensor) -> torch.Tensor:
     return has.to(like.device).float().view(-1, 1, 1, 1).expand_as(like)
 
 
+def labelled_loss(out_l: dict, batch_l: dict, loss_fn: Callable[..., torch.Tensor],
+                  lambda_g: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """`L_sup + lambda_g * L_guide` on a labelled batch: the mask supervises the logits, and the refined proposal
+    wherever the sample had a proposal. Shared by every semi-supervised method so their labelled terms agree."""
+    target = batch_l["mask"].to(out_l["logits"].device).float()
+    loss_sup = loss_fn(out_l["logits"], target)
+    loss, logs = loss_sup, {"loss_sup": float(loss_sup.detach())}
+    refined = out_l.get("refined")
+    if refined is not None and lambda_g > 0:
+        weight = has_proposal_weight(batch_l, refined)
+        if bool(weight.any()):
+            loss_guide = loss_fn(refined, target, weight)
+            loss = loss + lambda_g * loss_guide
+            logs["loss_guide_l"] = float(loss_guide.detach())
+    return loss, logs
+
+
 class TeacherStudentMethod(Method):
     """Base of the EMA-teacher methods: owns the teacher, the strong views and the supervised part of the loss.
 
@@ -149,17 +166,7 @@ class TeacherStudentMethod(Method):
 
     def supervised(self, out_l: dict, batch_l: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """`L_sup + lambda_g * L_guide` on the labelled part, as in the supervised baseline."""
-        target = batch_l["mask"].to(out_l["logits"].device).float()
-        loss_sup = self.seg_loss(out_l["logits"], target)
-        loss, logs = loss_sup, {"loss_sup": float(loss_sup.detach())}
-        refined, lambda_g = out_l.get("refined"), float(self.cfg["lambda_g"])
-        if refined is not None and lambda_g > 0:
-            weight = has_proposal_weight(batch_l, refined)
-            if bool(weight.any()):
-                loss_guide = self.seg_loss(refined, target, weight)
-                loss = loss + lambda_g * loss_guide
-                logs["loss_guide_l"] = float(loss_guide.detach())
-        return loss, logs
+        return labelled_loss(out_l, batch_l, self.seg_loss, float(self.cfg["lambda_g"]))
 
     # -- hooks ------------------------------------------------------------------------------------------------
     def after_optimizer_step(self, step: int) -> None:

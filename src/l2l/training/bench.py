@@ -165,6 +165,21 @@ def table_markdown(rows: list[dict[str, Any]], split: str = "test") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save_plot(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Label, grid and legend the axes, then write the figure and free it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_ratio_curve(rows: list[dict[str, Any]], path: Path, mode_pref: Sequence[str] = ("prior", "prior_free")) -> None:
     """mIoU against label ratio per method (test splits pooled; each method in its main mode)."""
     import matplotlib
@@ -185,15 +200,7 @@ def plot_ratio_curve(rows: list[dict[str, Any]], path: Path, mode_pref: Sequence
         if r["split"] == "test" and r["method"] == FULL and r["mode"] == "prior_free":
             ax.axhline(r["mIoU"], color="k", ls="--", lw=1, label="fully supervised (100%)")
     ax.set_xscale("log")
-    ax.set_xlabel("labelled images (%)")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("ShapeRefs test: mIoU vs label ratio")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_plot(fig, ax, path, "labelled images (%)", "mIoU (%)", "ShapeRefs test: mIoU vs label ratio")
 
 
 def plot_evolution(out: Path, path: Path) -> bool:
@@ -222,14 +229,8 @@ def plot_evolution(out: Path, path: Path) -> bool:
             ys = [r.get(key) for r in rounds]
             if all(y is not None for y in ys):
                 ax.plot(xs, ys, style, label=f"{name}: {label}")
-    ax.set_xlabel("self-evolution round")
-    ax.set_ylabel("pseudo-label mIoU (%)")
-    ax.set_title("Evolving labels (proposal bank) against ground truth")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_plot(fig, ax, path, "self-evolution round", "pseudo-label mIoU (%)",
+               "Evolving labels (proposal bank) against ground truth")
     return True
 
 
