@@ -12,7 +12,7 @@ import pytest
 from l2l.cli.main import main
 from l2l.data.refer import ReferData
 from l2l.data.splits import load_split
-from l2l.training.bench import aggregate, table_markdown
+from l2l.training.bench import _worker_overrides, aggregate, table_markdown
 from l2l.training.config import load_config
 from l2l.training.trainer import Trainer
 
@@ -97,6 +97,25 @@ def test_bench_grid_resumes_and_writes_table(root: Path, tmp_path: Path) -> None
     assert main(args) == 0
     assert final.stat().st_mtime_ns == stamp
     assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_bench_jobs_runs_cells_in_parallel_processes(root: Path, tmp_path: Path) -> None:
+    """--jobs 2: the same records as one after the other, in cell order; the banks are built before the workers."""
+    common = ["bench", *FAST, "train.max_steps=2", "--root", str(root), "--config", str(TINY), "--ratios", "0.25",
+              "--seeds", "0", "--methods", "supervised", "prior_only", "l2l", "--no-full", "--eval-splits", "testA"]
+    assert main([*common, "--out", str(tmp_path / "seq")]) == 0
+    assert main([*common, "--out", str(tmp_path / "par"), "--jobs", "2"]) == 0
+    keys = ("method", "ratio", "seed", "split", "mode")
+    seq = [tuple(r[k] for k in keys) for r in json.loads((tmp_path / "seq" / "results.json").read_text())]
+    par = [tuple(r[k] for k in keys) for r in json.loads((tmp_path / "par" / "results.json").read_text())]
+    assert par == seq and {m for m, *_ in par} == {"supervised", "prior_only", "l2l"}
+    for method in ("supervised", "prior_only", "l2l"):
+        assert (tmp_path / "par" / "runs" / method / "r0.25" / "s0" / "final.json").is_file()
+    assert (tmp_path / "par" / "cache" / "shaperefs_unc_testA").is_dir()  # the eval bank, built by the parent
+    assert _worker_overrides(["a=1"]) == ["a=1", "train.threads=1"]
+    assert _worker_overrides(["train.threads=4"]) == ["train.threads=4"]
+    with pytest.raises(SystemExit):
+        main([*common, "--out", str(tmp_path / "bad"), "--jobs", "0"])
 
 
 def test_aggregate_mean_std_over_seeds() -> None:

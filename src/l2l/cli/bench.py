@@ -15,7 +15,20 @@ EPILOG = """examples:
   # RefCOCO with precomputed MLLM priors (one JSONL per split id, see `l2l priors run`)
   l2l bench --root /data/refer --dataset refcoco --split-by unc --config configs/refcoco_lavt.yaml \\
       --eval-splits testA testB --out runs/bench_refcoco data.priors=/data/priors/refcoco_unc.jsonl
+  # two cells at once, each in its own process with one torch thread (proposal banks are built first)
+  l2l bench --quick --root data/shaperefs --out runs/bench_quick --jobs 2
 A finished cell (runs/<method>/r<ratio>/s<seed>/final.json) is never redone; an unfinished one resumes."""
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (argparse reports anything else as a usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="1%% labels, seed 0, five methods, no upper bound")
     p.add_argument("--images", type=int, default=1500, help="ShapeRefs size when it has to be generated")
     p.add_argument("--out", required=True, help="output directory (results.json, table.md, runs/)")
+    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                   help="cells to train at once, each in its own process with train.threads=1 unless set "
+                        "(default 1: one after the other in this process)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (applied to every run)")
     p.set_defaults(func=run)
 
@@ -71,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     command = "l2l bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     run_grid(
         config=config, root=root, dataset=args.dataset, split_by=args.split_by, cells=cells, out=args.out,
-        eval_splits=args.eval_splits, overrides=args.overrides, command=command,
+        eval_splits=args.eval_splits, overrides=args.overrides, command=command, jobs=args.jobs,
     )
     print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
     return 0

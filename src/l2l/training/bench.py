@@ -46,6 +46,27 @@ def _modes_for(method: str, uses_sesm: bool) -> list[str]:
     return ["prior", "prior_free"] if uses_sesm else ["prior_free"]
 
 
+def _cell_config(
+    config: str | Path, root: str | Path, dataset: str, split_by: str, method: str, ratio: float, seed: int,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The loaded config of one grid cell: the user's overrides, then the cell's data, seed and method."""
+    name = "supervised" if method == FULL else method
+    return load_config(
+        config,
+        [
+            *overrides,
+            f"data.root={root}",
+            f"data.dataset={dataset}",
+            f"data.split_by={split_by}",
+            f"data.ratio={ratio}",
+            f"data.split_seed={seed}",
+            f"seed={seed}",
+            f"method.name={name}",
+        ],
+    )
+
+
 def run_one(
     config: str | Path,
     root: str | Path,
@@ -67,20 +88,7 @@ def run_one(
     final = run_dir / "final.json"
     if final.is_file():
         return json.loads(final.read_text(encoding="utf-8"))
-    name = "supervised" if method == FULL else method
-    cfg = load_config(
-        config,
-        [
-            *overrides,
-            f"data.root={root}",
-            f"data.dataset={dataset}",
-            f"data.split_by={split_by}",
-            f"data.ratio={ratio}",
-            f"data.split_seed={seed}",
-            f"seed={seed}",
-            f"method.name={name}",
-        ],
-    )
+    cfg = _cell_config(config, root, dataset, split_by, method, ratio, seed, overrides)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, run_dir)
     summary = trainer.fit()
@@ -99,8 +107,8 @@ def run_one(
         if "prior" in modes:
             bank, _ = prepare_bank(
                 root, data_id, method=d["proposal"], size=trainer.model_config.image_size,
-                cache_dir=out / "cache", priors=None, provider=d["priors_provider"], seed=d["priors_seed"],
-                progress=False,
+                cache_dir=out / "cache", priors=d["priors"] or None, provider=d["priors_provider"],
+                seed=d["priors_seed"], sam_checkpoint=d["sam_checkpoint"] or None, progress=False,
             )
         for mode in modes:
             metrics = evaluate(
@@ -263,6 +271,86 @@ def grid_cells(
     return cells
 
 
+def prebuild_banks(
+    config: str | Path,
+    root: str | Path,
+    dataset: str,
+    split_by: str,
+    cells: Sequence[tuple[str, float, int]],
+    out: Path,
+    eval_splits: Sequence[str],
+    overrides: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+) -> int:
+    """Build, one after the other, every proposal bank the `cells` will open; returns how many distinct banks.
+
+    Banks are cached on disk and built on first use: the train and val banks by the Trainer in the shared
+    `data.cache_dir` (default `<root>/.l2l_cache`), the eval-split banks by `run_one` in `OUT/cache`. Cells run
+    in parallel processes (`run_grid(jobs>1)`) would otherwise race to build the same bank into the same
+    directory. Once built here, the workers only open finished files. The calls mirror `Trainer._build_banks`
+    and `run_one` argument for argument, so that the workers find exactly these banks."""
+    import torch
+
+    from l2l.model.config import ModelConfig
+    from l2l.proposals import prepare_bank
+
+    done: set[tuple] = set()
+    for method, ratio, seed in cells:
+        cfg = _cell_config(config, root, dataset, split_by, method, ratio, seed, overrides)
+        d = cfg["data"]
+        model_config = ModelConfig.from_dict(cfg["model"], source="config: model")
+        cls = get_method_class(cfg["method"]["name"])
+        size = model_config.image_size
+        wanted: list[tuple[str, DataId, Path, dict[str, Any]]] = []
+        if cls.needs_proposals or (model_config.use_sesm and d["proposal"] != "none"):  # as Trainer._build_banks
+            if d["proposal"] == "none":
+                continue  # the cell fails in its worker with the Trainer's own error
+            shared = Path(d["cache_dir"]) if d["cache_dir"] else Path(d["root"]) / ".l2l_cache"
+            use_cuda = torch.cuda.is_available() and cfg["train"]["device"] != "cpu"
+            kwargs = dict(
+                method=d["proposal"], size=size, priors=d["priors"] or None, provider=d["priors_provider"],
+                seed=d["priors_seed"], sam_checkpoint=d["sam_checkpoint"] or None,
+                device="cuda:0" if use_cuda else "cpu",
+            )
+            for split in (d["train_split"], d["val_split"]):
+                wanted.append((d["root"], DataId(d["dataset"], d["split_by"], split), shared, kwargs))
+        if "prior" in _modes_for(method, bool(model_config.use_sesm)):  # as run_one's evaluation
+            kwargs = dict(method=d["proposal"], size=size, priors=d["priors"] or None,
+                          provider=d["priors_provider"], seed=d["priors_seed"],
+                          sam_checkpoint=d["sam_checkpoint"] or None)
+            for split in eval_splits:
+                wanted.append((str(root), DataId(dataset, split_by, split), out / "cache", kwargs))
+        for data_root, data_id, cache_dir, kw in wanted:
+            key = (str(data_root), str(data_id), str(cache_dir), tuple(sorted((k, str(v)) for k, v in kw.items())))
+            if key in done:
+                continue
+            done.add(key)
+            log(f"  proposal bank {data_id} ({kw['method']}, size {kw['size']}) in {cache_dir}")
+            prepare_bank(data_root, data_id, cache_dir=cache_dir, progress=False, **kw)
+    return len(done)
+
+
+def _run_cell_worker(
+    config: str, root: str, dataset: str, split_by: str, method: str, ratio: float, seed: int, out: str,
+    eval_splits: list[str], overrides: list[str],
+) -> list[dict[str, Any]]:
+    """`run_one` in a worker process of `run_grid(jobs>1)`; logs to stdout with the cell as prefix."""
+    prefix = f"[{method} {ratio_tag(ratio)} s{seed}]"
+
+    def log(msg: str) -> None:
+        print(f"{prefix} {msg.strip()}", flush=True)
+
+    return run_one(config, root, dataset, split_by, method, ratio, seed, Path(out), eval_splits, overrides, log)
+
+
+def _worker_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides of a parallel cell: one intra-op thread per process unless the user chose `train.threads`."""
+    mine = list(overrides)
+    if not any(o.split("=", 1)[0].strip() == "train.threads" for o in mine):
+        mine.append("train.threads=1")
+    return mine
+
+
 def run_grid(
     config: str | Path,
     root: str | Path,
@@ -274,10 +362,20 @@ def run_grid(
     overrides: Sequence[str] = (),
     command: str = "",
     log: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
-    """Run every missing cell (finished ones load from their `final.json`), then write the table."""
+    """Run every missing cell (finished ones load from their `final.json`), then write the table.
+
+    With `jobs > 1` up to `jobs` cells train at once, each in its own (spawned) process with one intra-op
+    thread; the proposal banks are built beforehand in this process (`prebuild_banks`). A failed cell does not
+    stop the others; once all have ended, a RuntimeError names the failed ones."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if jobs > 1:
+        return _run_grid_parallel(config, root, dataset, split_by, cells, out, eval_splits, overrides, command,
+                                  log, jobs)
     records: list[dict[str, Any]] = []
     for i, (method, ratio, seed) in enumerate(cells, 1):
         done = (run_dir_for(out, method, ratio, seed) / "final.json").is_file()
@@ -288,3 +386,71 @@ def run_grid(
             log(f"  finished in {time.perf_counter() - t0:.0f}s")
         write_outputs(out, records, command)
     return write_outputs(out, records, command)
+
+
+def _run_grid_parallel(
+    config: str | Path,
+    root: str | Path,
+    dataset: str,
+    split_by: str,
+    cells: Sequence[tuple[str, float, int]],
+    out: Path,
+    eval_splits: Sequence[str],
+    overrides: Sequence[str],
+    command: str,
+    log: Callable[[str], None],
+    jobs: int,
+) -> list[dict[str, Any]]:
+    """`run_grid` with up to `jobs` cells at once in spawned processes (torch and fork do not mix)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    n = len(cells)
+    by_cell: dict[int, list[dict[str, Any]]] = {}
+
+    def flush() -> list[dict[str, Any]]:
+        records = [r for i in sorted(by_cell) for r in by_cell[i]]  # cell order, whatever order they finished in
+        return write_outputs(out, records, command)
+
+    todo: list[int] = []
+    for i, (method, ratio, seed) in enumerate(cells):
+        if (run_dir_for(out, method, ratio, seed) / "final.json").is_file():
+            log(f"[{i + 1}/{n}] {method} ratio={ratio:g} seed={seed} (done, cached)")
+            by_cell[i] = run_one(config, root, dataset, split_by, method, ratio, seed, out, eval_splits, overrides, log)
+        else:
+            todo.append(i)
+    if not todo:
+        return flush()
+    log(f"building the proposal banks of {len(todo)} cell(s) before starting {min(jobs, len(todo))} worker(s)")
+    prebuild_banks(config, root, dataset, split_by, [cells[i] for i in todo], out, eval_splits, overrides, log)
+    worker_overrides = _worker_overrides(overrides)
+    failed: list[str] = []
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+        running: dict[Future, tuple[int, float]] = {}
+        for i in todo:
+            method, ratio, seed = cells[i]
+            fut = pool.submit(_run_cell_worker, str(config), str(root), dataset, split_by, method, float(ratio),
+                              int(seed), str(out), list(eval_splits), worker_overrides)
+            running[fut] = (i, time.perf_counter())
+            log(f"[{i + 1}/{n}] {method} ratio={ratio:g} seed={seed} (queued)")
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i, t0 = running.pop(fut)
+                method, ratio, seed = cells[i]
+                name = f"{method} ratio={ratio:g} seed={seed}"
+                try:
+                    by_cell[i] = fut.result()
+                except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
+                    failed.append(name)
+                    log(f"[{i + 1}/{n}] {name} FAILED: {type(exc).__name__}: {exc}")
+                    if exc.__cause__ is not None:  # the worker's traceback, as concurrent.futures attaches it
+                        log(str(exc.__cause__).rstrip())
+                    continue
+                log(f"[{i + 1}/{n}] {name} finished ({time.perf_counter() - t0:.0f}s since queued)")
+                flush()
+    rows = flush()
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {n} cell(s) failed: " + "; ".join(failed))
+    return rows

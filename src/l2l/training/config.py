@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "split_file": "",  # label-ratio split JSON; empty = make one from ratio + split_seed
         "ratio": 1.0,  # share of training images that are labelled (when no split_file)
         "split_seed": 0,
-        "priors": "",  # priors JSONL covering train and val; empty = run `priors_provider`
+        "priors": "",  # priors JSONL covering train, val (and the splits `l2l bench` scores); empty = run `priors_provider`
         "priors_provider": "simulated",  # provider used when `priors` is empty (synthetic data only)
         "priors_seed": 0,  # seed of the simulated MLLM (fixed across training seeds, like a real MLLM)
         "proposal": "gaussian",  # soft proposal method: box | gaussian | grabcut | sam | none (no priors)
@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "unlabelled_batch_size": 8,  # unlabelled samples per step and process (methods that use them)
         "eval_batch_size": 16,
         "lr": 1e-3,
+        "backbone_lr_mult": 1.0,  # the visual encoder's learning rate is lr x this (pretrained weights move less)
         "weight_decay": 1e-2,
         "poly_power": 0.9,  # lr = lr0 * (1 - step / total_steps) ** poly_power
         "grad_accum": 1,  # micro-batches per optimizer step

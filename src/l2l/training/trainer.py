@@ -255,16 +255,21 @@ class Trainer:
                 self.env.barrier()
 
     def _build_optimizer(self) -> None:
-        """AdamW without weight decay on norms and biases (1-d tensors), poly decay over `total_steps`."""
-        decay, no_decay = [], []
+        """AdamW without weight decay on norms and biases (1-d tensors), the visual encoder at
+        `lr * backbone_lr_mult`, poly decay over `total_steps`."""
+        tr = self.tcfg
+        encoder = getattr(getattr(self.model, "module", self.model), "vision", None)
+        vision = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for p in self.model.parameters():
             if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        self.params = decay + no_decay
-        tr = self.tcfg
+                groups.setdefault((id(p) in vision, p.ndim <= 1), []).append(p)
+        self.params = [p for ps in groups.values() for p in ps]
         # The fused kernel updates all tensors in one pass: ~10x faster than the per-tensor loop on CPU.
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": tr["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            [{"params": ps, "weight_decay": 0.0 if no_decay else tr["weight_decay"],
+              "lr": tr["lr"] * (float(tr["backbone_lr_mult"]) if is_vision else 1.0)}
+             for (is_vision, no_decay), ps in sorted(groups.items())],
             lr=tr["lr"], fused=all(p.is_floating_point() for p in self.params),
         )
         total, power = self.total_steps, tr["poly_power"]
