@@ -7,6 +7,7 @@ import inspect
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from l2l.cli.main import main
@@ -54,8 +55,13 @@ def test_training_never_reads_hidden_masks(root: Path, tmp_path: Path, monkeypat
         return original(self, ann_id)
 
     monkeypatch.setattr(ReferData, "ann_mask", spy)
+    # the network's input proposals (shared cache) stay the MLLM's; evolution writes the run's own copy
+    assert trainer.input_bank is not trainer.train_bank
+    ids = trainer.input_bank.ids()
+    before = {sid: trainer.input_bank.get(sid).copy() for sid in ids}
     summary = trainer.fit()
     assert summary["steps"] == 4
+    assert all(np.array_equal(trainer.input_bank.get(sid), before[sid]) for sid in ids)
     assert reads["training"] == []
     # the evaluation-side scorer did read them (so the spy sees the reads it should)
     assert reads["evaluation"], "expected the hidden-mask scorer to read unlabelled masks"

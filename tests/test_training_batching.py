@@ -177,3 +177,21 @@ def test_collator_builds_the_contract_batch_and_flips_consistently() -> None:
     assert flipped["boxes"][0].tolist() == ([6, 0, 8, 8] if which[0] else [0, 0, 2, 8])
     again = Collator(_Processor(), bank=bank, priors=priors, flip=True)(items)
     assert torch.equal(again["flipped"], which)  # a function of aug_seed only
+
+
+def test_collator_adds_the_evolving_label_proposal_beside_the_input_proposal() -> None:
+    items = _items(4)
+    left = np.zeros((8, 8), np.float32)
+    left[:, :2] = 1
+    evolved = np.zeros((8, 8), np.float32)
+    evolved[:, :3] = 0.5
+    inputs = _Bank({f"{k}:0": left for k in range(4)})
+    labels = _Bank({f"{k}:0": evolved for k in range(3)})  # the last sample falls back to its input proposal
+    batch = Collator(_Processor(), bank=inputs, flip=True, label_bank=labels)(items)
+    which = batch["flipped"]
+    for k in range(4):
+        col = (lambda c: 7 - c) if which[k] else (lambda c: c)
+        assert batch["proposal"][k, 0, 0, col(0)] == 1 and batch["proposal"][k, 0, 0, col(2)] == 0
+        expected = 0.5 if k < 3 else 0.0  # column 2: evolved map vs the input map's background
+        assert batch["label_proposal"][k, 0, 0, col(2)] == expected
+    assert "label_proposal" not in Collator(_Processor(), bank=inputs)(items)

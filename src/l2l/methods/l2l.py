@@ -14,7 +14,8 @@ One training step (the cost is designed to stay within 2.5x a supervised step):
 5. student loss `L = L_sup + lambda_u(t) L_unsup(yhat; greedy acceptance) + lambda_g [L_guide(r_l, GT) +
    ramp(t) L_guide(r_u, yhat; greedy acceptance)]`.
 At `evolve_rounds` points spread over training, `on_epoch_end` rewrites the proposal bank: `q <- (1 - mu) q + mu p_teacher` on the
-greedily accepted pixels (stage 6) and logs pseudo-label IoU on the proxy set.
+greedily accepted pixels (stage 6) and logs pseudo-label IoU on the proxy set. The evolving bank is the run's own copy
+and feeds the candidate labels (`label_proposal`); the network's input stays the MLLM's proposal, as at test time.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in head.parameters() if p.requires_grad]
 
 
+def label_proposal(batch: dict) -> torch.Tensor:
+    """The evolving proposal that feeds candidate labels: `label_proposal` when the trainer keeps an evolving bank
+    beside the network's input proposals, else the input proposal itself."""
+    return batch.get("label_proposal", batch["proposal"])
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -83,7 +90,7 @@ class L2LMethod(TeacherStudentMethod):
         "evolve_rounds": 2,  # self-evolution rounds over the run (0 = never), evenly spaced in steps ...
         "evolve_start": 0.3,  # ... from this fraction of the training steps on
         "evolve_mu": 0.5,  # q <- (1 - mu) q + mu p on accepted pixels
-        "evolve_labelled": True,  # also evolve labelled samples' proposals (the model sees them as input)
+        "evolve_labelled": True,  # also evolve labelled samples' proposals (their proxy-episode candidate labels)
     }
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
@@ -111,7 +118,7 @@ class L2LMethod(TeacherStudentMethod):
 
     # -- acceptance -------------------------------------------------------------------------------------------
     def state(self, batch: dict, p: torch.Tensor, student: torch.Tensor, yhat: torch.Tensor) -> torch.Tensor:
-        return build_state(p, batch["proposal"], student, yhat, batch["boxes"], batch["prior_conf"],
+        return build_state(p, label_proposal(batch), student, yhat, batch["boxes"], batch["prior_conf"],
                            batch["has_proposal"], self.factor)
 
     def upsample(self, decisions: torch.Tensor) -> torch.Tensor:
@@ -157,7 +164,7 @@ class L2LMethod(TeacherStudentMethod):
         loss_sup_logits = self.seg_loss(out_l["logits"], batch_l["mask"].to(device).float()) if self.utility else None
 
         a = self.alpha(step)
-        m_u, yhat_u = candidate_label(p_u, batch_u["proposal"], batch_u["has_proposal"], a)
+        m_u, yhat_u = candidate_label(p_u, label_proposal(batch_u), batch_u["has_proposal"], a)
         logits_u = out_u["logits"]
         if self.rple is not None:
             accept_u, rple_logs = self._rple_step(batch_l, batch_u, out_l, logits_u, p_u, yhat_u,
@@ -194,7 +201,7 @@ class L2LMethod(TeacherStudentMethod):
         states, label_vals, util_vals, rows_label = [state_u], [zeros_u], [util_u], [torch.zeros(n_u, dtype=torch.bool)]
         if p_l is not None:
             gt = batch_l["mask"].to(p_l.device) > 0.5
-            _, yhat_l = candidate_label(p_l, batch_l["proposal"], batch_l["has_proposal"], a)
+            _, yhat_l = candidate_label(p_l, label_proposal(batch_l), batch_l["has_proposal"], a)
             state_l = self.state(batch_l, p_l, torch.sigmoid(out_l["logits"].detach().float()), yhat_l)
             n_l = state_l.shape[0]
             states.insert(0, state_l)
@@ -272,9 +279,9 @@ class L2LMethod(TeacherStudentMethod):
             batch = _to_device(raw if labelled else check_unlabelled(raw, self.name), device)
             p = self.teacher_probs(batch)
             student = torch.sigmoid(self.model(**self.inputs(batch))["logits"].float())
-            m, yhat = candidate_label(p, batch["proposal"], batch["has_proposal"], a)
+            m, yhat = candidate_label(p, label_proposal(batch), batch["has_proposal"], a)
             accept = self.acceptance(batch, p, student, m, yhat)
-            q = batch["proposal"].float()
+            q = label_proposal(batch).float()
             q_new = torch.where(accept, (1.0 - mu) * q + mu * p, q)
             if write:
                 for i, sample_id in enumerate(batch["sample_ids"]):

@@ -37,6 +37,8 @@ class ModelConfig:
     """Attention heads of the pixel-word attention."""
     decoder_dim: int = 64
     """Width of the decoder's top-down path."""
+    refine_dim: int = 16
+    """Width of the full-resolution refinement head (image + proposal + decoder); 0 = stride-4 output only."""
     freeze_text: bool = True
     """Keep the text encoder fixed (no grad, features cached per sentence); False fine-tunes it."""
     freeze_vision: bool = False
@@ -69,6 +71,8 @@ class ModelConfig:
         for name in ("freeze_text", "freeze_vision", "pretrained", "use_sesm", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"model.{name}={getattr(self, name)!r}: expected true or false")
+        if isinstance(self.refine_dim, bool) or not isinstance(self.refine_dim, int) or self.refine_dim < 0:
+            raise ConfigError(f"model.refine_dim={self.refine_dim!r}: expected 0 (off) or a positive integer")
         if self.image_size % 32:
             raise ConfigError(f"model.image_size={self.image_size}: must be a multiple of 32 (the coarsest stride)")
         if self.dim % self.fusion_heads:

@@ -84,19 +84,24 @@ class Collator:
     Keys: `pixel_values`, `input_ids`, `attention_mask` (from the `Processor`), `sample_ids`, `texts`,
     `indices`, `flipped` (bool[B]), `boxes` (float[B,4], the prior's box in resized pixels; the whole image
     when a sample has no usable prior), `prior_conf` (float[B], 0 without a prior), `mask` (float[B,1,S,S],
-    labelled items only), and with a proposal bank `proposal` (float[B,1,S,S]) and `has_proposal` (bool[B]).
+    labelled items only), and with a proposal bank `proposal` (float[B,1,S,S]) and `has_proposal` (bool[B]);
+    with a `label_bank` (the evolving copy of a self-evolving method) also `label_proposal` (float[B,1,S,S]; the
+    input proposal where the label bank lacks a sample).
     `flip=True` is the weak view: each item is flipped horizontally with probability 1/2 (from its own
     `aug_seed`), and its text has left/right swapped, so image, mask, proposal, box and words stay consistent.
     """
 
-    def __init__(self, processor: Any, bank: Any = None, priors: Mapping[str, Any] | None = None, flip: bool = False) -> None:
+    def __init__(self, processor: Any, bank: Any = None, priors: Mapping[str, Any] | None = None, flip: bool = False,
+                 label_bank: Any = None) -> None:
         self.processor, self.bank, self.priors, self.flip = processor, bank, priors, flip
+        self.label_bank = label_bank
 
-    def _proposal(self, sample_id: str) -> np.ndarray | None:
-        if self.bank is None:
+    @staticmethod
+    def _proposal(bank: Any, sample_id: str) -> np.ndarray | None:
+        if bank is None:
             return None
         try:
-            return np.asarray(self.bank.get(sample_id), dtype=np.float32)
+            return np.asarray(bank.get(sample_id), dtype=np.float32)
         except KeyError:  # no proposal for this sample: it trains prior-free
             return None
 
@@ -110,7 +115,7 @@ class Collator:
             boxes.append(list(prior.box) if usable else [0.0, 0.0, float(w), float(h)])
             sizes.append((h, w))
             confs.append(float(prior.confidence or 0.0) if usable else 0.0)
-            maps.append(self._proposal(sid))
+            maps.append(self._proposal(self.bank, sid))
         texts = [it["text"] for it in items]
         batch: dict[str, Any] = {"pixel_values": self.processor.images([it["image"] for it in items])}
         batch.update(self.processor.texts(texts))
@@ -125,6 +130,10 @@ class Collator:
             filled = [m if m is not None else np.zeros((size, size), np.float32) for m in maps]
             batch["proposal"] = self.processor.maps(filled)
             batch["has_proposal"] = torch.tensor([m is not None for m in maps], dtype=torch.bool)
+            if self.label_bank is not None:
+                labels = [self._proposal(self.label_bank, sid) for sid in batch["sample_ids"]]
+                batch["label_proposal"] = self.processor.maps(
+                    [lab if lab is not None else m for lab, m in zip(labels, filled)])
         which = [self.flip and np.random.default_rng(int(it.get("aug_seed", 0))).random() < 0.5 for it in items]
         batch["flipped"] = torch.tensor(which, dtype=torch.bool)
         if any(which):

@@ -224,7 +224,7 @@ class Trainer:
         """
         d = self.cfg["data"]
         self.priors: dict[str, Any] | None = None
-        self.train_bank = self.val_bank = None
+        self.train_bank = self.val_bank = self.input_bank = None
         wanted = self.method_cls.needs_proposals or (self.model_config.use_sesm and d["proposal"] != "none")
         if not wanted:
             return
@@ -243,6 +243,9 @@ class Trainer:
         for rank_turn in (True, False):  # rank 0 computes first, the others then open the finished files
             if self.env.is_main == rank_turn:
                 self.train_bank, train_priors = prepare_bank(d["root"], self.train_id, cache_dir=shared, **kwargs)
+                # The network's input stays the MLLM's proposal (what it gets at test time); an evolving method
+                # rewrites its own copy, which feeds its candidate labels (`label_proposal` in the batch).
+                self.input_bank = self.train_bank
                 if evolves:
                     name = f"{self.train_id.dataset}_{self.train_id.split_by}_{self.train_id.split}"
                     if self.env.is_main and not (own / name).is_dir():
@@ -277,13 +280,14 @@ class Trainer:
             self.optimizer, lambda s: max(0.0, 1.0 - s / total) ** power
         )
 
-    def _loader(self, dataset: Dataset, sampler: EpochSampler, batch_size: int, drop_last: bool, flip: bool, bank: Any) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: EpochSampler, batch_size: int, drop_last: bool, flip: bool) -> DataLoader:
         # An own generator keeps DataLoader from drawing on the global torch RNG (that would shift dropout on resume).
         g = torch.Generator().manual_seed(int(self.cfg["seed"]) * 7919 + sampler.epoch)
         return DataLoader(
             SeededItems(dataset), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
             num_workers=self.tcfg["num_workers"], generator=g,
-            collate_fn=Collator(self.processor, bank=bank, priors=self.priors, flip=flip),
+            collate_fn=Collator(self.processor, bank=self.input_bank, priors=self.priors, flip=flip,
+                                label_bank=self.train_bank if self.train_bank is not self.input_bank else None),
             persistent_workers=False,
         )
 
@@ -295,7 +299,7 @@ class Trainer:
         while True:
             self.sampler_u.set_epoch(u_epoch)
             self.sampler_u.set_start(pos * ubs)
-            yield from self._loader(self.unlabelled, self.sampler_u, ubs, self.u_drop_last, self.tcfg["weak_flip"], self.train_bank)
+            yield from self._loader(self.unlabelled, self.sampler_u, ubs, self.u_drop_last, self.tcfg["weak_flip"])
             u_epoch, pos = u_epoch + 1, 0
 
     # ------------------------------------------------------------------ distributed helpers
@@ -474,7 +478,7 @@ class Trainer:
     def _plain_loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
         """This rank's share of `dataset` in a fixed order, unflipped, with proposals from the live bank."""
         sampler = EpochSampler(len(dataset), int(self.cfg["seed"]), False, self.env.rank, self.env.world_size)
-        return self._loader(dataset, sampler, batch_size, False, False, self.train_bank)
+        return self._loader(dataset, sampler, batch_size, False, False)
 
     def _epoch_context(self) -> dict[str, Any]:
         """What `Method.on_epoch_end` reads (docs/architecture.md): loaders over D_u and the labelled proxy set."""
@@ -568,7 +572,7 @@ class Trainer:
         while self.epoch < tr["epochs"] and self.step < self.total_steps:
             self.sampler_l.set_epoch(self.epoch)
             self.sampler_l.set_start(self.micro_done * bs)
-            loader = self._loader(self.labelled, self.sampler_l, bs, self.drop_last, tr["weak_flip"], self.train_bank)
+            loader = self._loader(self.labelled, self.sampler_l, bs, self.drop_last, tr["weak_flip"])
             bar = None
             if env.is_main and sys.stderr.isatty():
                 from tqdm import tqdm
