@@ -24,12 +24,12 @@ class StandInModel(nn.Module):
         self.bn = nn.BatchNorm2d(width)
         self.decoder = nn.Module()
         self.decoder.head = nn.Conv2d(width, 1, 1)
-        self.refine = nn.Conv2d(width, 1, 1) if use_sesm else None
+        self.sesm_out = nn.Conv2d(width, 1, 1) if use_sesm else None
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 proposal: torch.Tensor | None = None, has_proposal: torch.Tensor | None = None) -> dict[str, Any]:
         b, _, h, w = pixel_values.shape
-        q = proposal if (proposal is not None and self.refine is not None) else pixel_values.new_zeros(b, 1, h, w)
+        q = proposal if (proposal is not None and self.sesm_out is not None) else pixel_values.new_zeros(b, 1, h, w)
         if has_proposal is not None:
             q = q * has_proposal.float().view(-1, 1, 1, 1)
         m = attention_mask.float().unsqueeze(-1)
@@ -38,8 +38,8 @@ class StandInModel(nn.Module):
         x = F.avg_pool2d(x, 2)
         logits = F.interpolate(self.decoder.head(x), size=(h, w), mode="bilinear", align_corners=False)
         refined = None
-        if self.refine is not None:
-            refined = F.interpolate(self.refine(x), size=(h, w), mode="bilinear", align_corners=False)
+        if self.sesm_out is not None:
+            refined = F.interpolate(self.sesm_out(x), size=(h, w), mode="bilinear", align_corners=False)
         return {"logits": logits, "refined": refined}
 
 

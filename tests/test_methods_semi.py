@@ -316,7 +316,7 @@ def test_l2l_on_the_real_tiny_network() -> None:
     out = method.train_step(b_l, b_u, 0)
     assert torch.isfinite(out.loss) and "rple/reward_utility" in out.logs
     out.loss.backward()
-    assert model.decoder.head.weight.grad is not None
+    assert model.decoder.head.weight.grad is not None and model.refine.head.weight.grad is not None
     assert "loss_guide_l" in out.logs and "loss_guide_u" in out.logs
 
 

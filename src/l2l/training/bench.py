@@ -259,15 +259,15 @@ def write_outputs(out: Path, records: list[dict[str, Any]], command: str) -> lis
 def grid_cells(
     methods: Sequence[str], ratios: Sequence[float], seeds: Sequence[int], full: bool = True, ablations: bool = False
 ) -> list[tuple[str, float, int]]:
-    """The (method, ratio, seed) cells: every method at every ratio and seed, the fully supervised upper bound
-    once per seed when `full`, and the L2L ablations at the smallest ratio when `ablations`."""
+    """The (method, ratio, seed) cells, in run order: every method at every ratio and seed, the fully supervised upper
+    bound once per seed when `full`, then the L2L ablations at the smallest ratio when `ablations`."""
     for m in (*methods, *(ABLATIONS if ablations else ())):
         get_method_class(m)  # fail on a typo before any training
     cells = [(m, r, s) for r in ratios for s in seeds for m in methods]
-    if ablations:
-        cells += [(m, min(ratios), s) for s in seeds for m in ABLATIONS if m not in methods]
     if full:
         cells += [(FULL, 1.0, s) for s in seeds]
+    if ablations:  # last: a grid stopped early still has the main table complete
+        cells += [(m, min(ratios), s) for s in seeds for m in ABLATIONS if m not in methods]
     return cells
 
 
