@@ -132,3 +132,13 @@ def test_aggregate_mean_std_over_seeds() -> None:
     assert len(rows) == 1 and rows[0]["seeds"] == 3
     assert rows[0]["mIoU"] == pytest.approx(60.0) and rows[0]["mIoU_std"] == pytest.approx(10.0)
     assert "60.00 ± 10.00" in table_markdown(rows, "testA")
+
+
+def test_parallel_grid_starts_the_costliest_cell_of_each_group_first() -> None:
+    from l2l.training.bench import grid_cells, longest_first
+
+    cells = grid_cells(["supervised", "prior_only", "fixmatch", "l2l"], [0.01, 0.05], [0], full=True)
+    order = [cells[i] for i in longest_first(cells, range(len(cells)))]
+    assert [m for m, r, s in order[:4]] == ["l2l", "fixmatch", "supervised", "prior_only"]
+    assert {r for m, r, s in order[:4]} == {0.01} and {r for m, r, s in order[4:8]} == {0.05}
+    assert order[-1][0] == "supervised_full"

@@ -351,6 +351,26 @@ def _worker_overrides(overrides: Sequence[str]) -> list[str]:
     return mine
 
 
+def _cost_rank(method: str) -> int:
+    """Rough cost order of a cell: self-evolving L2L first, then other semi-supervised methods, then the rest."""
+    cls = get_method_class("supervised" if method == FULL else method)
+    if not getattr(cls, "needs_training", True):
+        return 3
+    if hasattr(cls, "evolve"):
+        return 0
+    return 1 if getattr(cls, "needs_unlabelled", False) else 2
+
+
+def longest_first(cells: Sequence[tuple[str, float, int]], todo: Sequence[int]) -> list[int]:
+    """Submission order for parallel workers: (ratio, seed) groups keep their order, so a grid stopped early still
+    has whole groups; inside a group the costliest cells start first (the quick grid: ~15 instead of ~19 minutes
+    on two workers, since the L2L cell no longer starts last)."""
+    group: dict[tuple[float, int], int] = {}
+    for i in todo:
+        group.setdefault((cells[i][1], cells[i][2]), len(group))
+    return sorted(todo, key=lambda i: (group[(cells[i][1], cells[i][2])], _cost_rank(cells[i][0]), i))
+
+
 def run_grid(
     config: str | Path,
     root: str | Path,
@@ -421,6 +441,7 @@ def _run_grid_parallel(
             todo.append(i)
     if not todo:
         return flush()
+    todo = longest_first(cells, todo)
     log(f"building the proposal banks of {len(todo)} cell(s) before starting {min(jobs, len(todo))} worker(s)")
     prebuild_banks(config, root, dataset, split_by, [cells[i] for i in todo], out, eval_splits, overrides, log)
     worker_overrides = _worker_overrides(overrides)
