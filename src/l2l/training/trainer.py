@@ -613,6 +613,10 @@ class Trainer:
                     self._log(rec)
                     if bar is not None:
                         bar.set_postfix(loss=f"{rec.get('train/loss', float('nan')):.3f}")
+                    elif env.is_main:  # no TTY (logs, CI, a worker process): one line per log interval instead
+                        eta = (self.total_steps - self.step) * dt / tr["log_every"]
+                        print(f"  step {self.step}/{self.total_steps}  loss {rec.get('train/loss', float('nan')):.3f}  "
+                              f"{rec['train/images_per_s']:.1f} img/s  eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
                     running, seen, t0, images = {}, {}, time.perf_counter(), 0
                 if self.step % tr["checkpoint_every"] == 0 and self.micro_done < self.micro_per_epoch:
                     self.save_checkpoint()
