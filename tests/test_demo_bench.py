@@ -103,6 +103,12 @@ def test_bench_grid_resumes_and_writes_table(root: Path, tmp_path: Path) -> None
     assert main(args) == 0
     assert final.stat().st_mtime_ns == stamp
     assert json.loads((out / "results.json").read_text()) == results
+    # --report-only over a larger grid reports the finished cells and trains none of the missing ones
+    (out / "results.json").unlink()
+    assert main([*args, "--seeds", "0", "1", "2", "--report-only"]) == 0
+    assert json.loads((out / "results.json").read_text()) == results
+    assert not (out / "runs" / "supervised" / "r0.25" / "s2").exists()
+    assert "--report-only" not in (out / "table.md").read_text()
 
 
 def test_bench_jobs_runs_cells_in_parallel_processes(root: Path, tmp_path: Path) -> None:

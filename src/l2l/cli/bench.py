@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="1%% labels, seed 0, five methods, no upper bound")
     p.add_argument("--images", type=int, default=1500, help="ShapeRefs size when it has to be generated")
     p.add_argument("--out", required=True, help="output directory (results.json, table.md, runs/)")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild results.json / table.md from the finished cells of this grid; train nothing")
     p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                    help="cells to train at once, each in its own process with train.threads=1 unless set "
                         "(default 1: one after the other in this process)")
@@ -72,7 +74,7 @@ def default_config(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from l2l.training.bench import ALL_METHODS, QUICK_METHODS, grid_cells, run_grid
+    from l2l.training.bench import ALL_METHODS, QUICK_METHODS, grid_cells, report_grid, run_grid
     from l2l.training.demo import ensure_shaperefs
 
     root = Path(args.root)
@@ -84,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         methods, ratios, seeds, full = list(args.methods or QUICK_METHODS), [0.01], [0], False
     cells = grid_cells(methods, ratios, seeds, full=full, ablations=args.ablations)
-    command = "l2l bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    command = "l2l bench " + " ".join(shlex.quote(a) for a in sys.argv[2:] if a != "--report-only")
+    if args.report_only:
+        report_grid(cells, args.out, command, log=lambda m: print(m, file=sys.stderr))
+        print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
+        return 0
     run_grid(
         config=config, root=root, dataset=args.dataset, split_by=args.split_by, cells=cells, out=args.out,
         eval_splits=args.eval_splits, overrides=args.overrides, command=command, jobs=args.jobs,

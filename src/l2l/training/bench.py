@@ -371,6 +371,26 @@ def longest_first(cells: Sequence[tuple[str, float, int]], todo: Sequence[int]) 
     return sorted(todo, key=lambda i: (group[(cells[i][1], cells[i][2])], _cost_rank(cells[i][0]), i))
 
 
+def report_grid(cells: Sequence[tuple[str, float, int]], out: str | Path, command: str = "",
+                log: Callable[[str], None] = print) -> list[tuple[str, float, int]]:
+    """Rebuild `results.json`, `table.md` and the plots from the cells that have finished, training nothing (a grid
+    that spans several sittings can be reported at any point); returns the cells still missing."""
+    out = Path(out)
+    records: list[dict[str, Any]] = []
+    missing = []
+    for cell in cells:
+        final = run_dir_for(out, *cell) / "final.json"
+        if final.is_file():
+            records += json.loads(final.read_text(encoding="utf-8"))
+        else:
+            missing.append(cell)
+    write_outputs(out, records, command)
+    log(f"{len(cells) - len(missing)} of {len(cells)} cells finished")
+    for method, ratio, seed in missing:
+        log(f"  missing: {method} ratio={ratio:g} seed={seed}")
+    return missing
+
+
 def run_grid(
     config: str | Path,
     root: str | Path,
