@@ -246,9 +246,13 @@ def test_self_evolution_rewrites_the_bank_on_accepted_pixels(tmp_path) -> None: 
         method.model.train()
         m, yhat = candidate_label(p, batch["proposal"], batch["has_proposal"], method.alpha(method.total_steps))
         accept = method.acceptance(batch, p, student, m, yhat)
+    first = batch["sample_ids"][0]
     logs = method.on_epoch_end(1, {"unlabelled_loader": u_batches, "proxy_loader": l_batches, "step": 50,
-                                   "eval_pseudo": lambda b: seen.append(b) or {"mIoU": 0.5}})
-    assert seen == [bank] and logs["evolve/hidden_mIoU"] == 0.5
+                                   "eval_pseudo": lambda b: seen.append(b) or {"mIoU": float(b.get(first).mean())}})
+    # scored twice: the MLLM's proposals before the first write (round 0), then the evolved bank
+    assert seen == [bank, bank]
+    assert logs["evolve/hidden_before_mIoU"] == pytest.approx(float(q_before.mean()))
+    assert logs["evolve/hidden_mIoU"] == pytest.approx(float(bank.get(first).mean()))
     for key in ("evolve/proxy_q_miou_before", "evolve/proxy_q_miou_after", "evolve/unlabelled_accept_rate"):
         assert key in logs
     acc = accept[0, 0].numpy()

@@ -265,13 +265,15 @@ class L2LMethod(TeacherStudentMethod):
         mu = float(self.cfg["evolve_mu"])
         was_training = self.model.training
         self.model.eval()
+        eval_pseudo: Callable[[Any], dict[str, float]] | None = context.get("eval_pseudo")
         try:
             logs = {"evolve/round": float(len(self.history) + 1)}
+            if eval_pseudo is not None and not self.history:  # round 0: the MLLM's proposals, before any write
+                logs.update({f"evolve/hidden_before_{k}": float(v) for k, v in eval_pseudo(self.bank).items()})
             logs.update(self._evolve(context.get("unlabelled_loader") or [], device, a, mu, labelled=False))
             logs.update(self._evolve(context.get("proxy_loader") or [], device, a, mu, labelled=True))
         finally:
             self.model.train(was_training)
-        eval_pseudo: Callable[[Any], dict[str, float]] | None = context.get("eval_pseudo")
         if eval_pseudo is not None:
             logs.update({f"evolve/hidden_{k}": float(v) for k, v in eval_pseudo(self.bank).items()})
         self.history.append(logs)

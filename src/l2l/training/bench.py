@@ -232,11 +232,15 @@ def plot_evolution(out: Path, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rounds in series:
         xs = [int(r["method/evolve/round"]) for r in rounds]
-        for key, style, label in (("method/evolve/hidden_mIoU", "-o", "hidden D_u masks"),
-                                  ("method/evolve/proxy_q_miou_after", "--s", "proxy (labelled)")):
+        # round 0 is the bank before the first write: the MLLM's proposals
+        for key, before, style, label in (
+                ("method/evolve/hidden_mIoU", "method/evolve/hidden_before_mIoU", "-o", "hidden D_u masks"),
+                ("method/evolve/proxy_q_miou_after", "method/evolve/proxy_q_miou_before", "--s", "proxy (labelled)")):
             ys = [r.get(key) for r in rounds]
             if all(y is not None for y in ys):
-                ax.plot(xs, ys, style, label=f"{name}: {label}")
+                first = rounds[0].get(before)
+                ax.plot(([0] if first is not None else []) + xs, ([first] if first is not None else []) + ys, style,
+                        label=f"{name}: {label}")
     _save_plot(fig, ax, path, "self-evolution round", "pseudo-label mIoU (%)",
                "Evolving labels (proposal bank) against ground truth")
     return True
