@@ -18,7 +18,7 @@ Images/s: the best of the timed steps (wall clock; the least disturbed by other 
 and the median. Part shares and FLOP rates use a contention-proof clock: on a CPU the process's CPU time (all
 threads; the wall clock of a shared 2-core machine swings tenfold with other people's jobs), on a GPU the wall clock.
 Per-part time: one forward is recorded with forward hooks on the parts (visual encoder, text encoder, fusion =
-pixel-word attention + gated residuals, SESM, decoder); each recorded call is then replayed alone, forward and
+pixel-word attention + gated residuals, SESM, decoder incl. the refine head); each recorded call is then replayed alone, forward and
 backward, and timed. "other" is the step time the parts do not explain (losses, upsampling, optimizer, glue).
 FLOPs: `torch.utils.flop_counter.FlopCounterMode` (matmuls, attention, convolutions) on the forward of every part,
 times 3 where the part trains (backward = 2x forward; see `parts_profile` for why not counted directly); the parts
@@ -188,7 +188,7 @@ def part_modules(model: RESModel) -> dict[str, list[nn.Module]]:
         "text": [model.text],
         "fusion": [*model.fusion, *(model.residual or [])],
         "sesm": list(model.sesm or []),
-        "decoder": [model.decoder],
+        "decoder": [model.decoder, *([model.refine] if getattr(model, "refine", None) is not None else [])],
     }
 
 
