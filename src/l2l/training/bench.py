@@ -418,8 +418,9 @@ def run_grid(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if jobs > 1:
-        return _run_grid_parallel(config, root, dataset, split_by, cells, out, eval_splits, overrides, command,
-                                  log, jobs)
+        grid = dict(config=config, root=root, dataset=dataset, split_by=split_by, out=out, eval_splits=eval_splits,
+                    overrides=overrides)
+        return _run_grid_parallel(grid, cells, command, log, jobs)
     records: list[dict[str, Any]] = []
     for i, (method, ratio, seed) in enumerate(cells, 1):
         done = (run_dir_for(out, method, ratio, seed) / "final.json").is_file()
@@ -433,19 +434,12 @@ def run_grid(
 
 
 def _run_grid_parallel(
-    config: str | Path,
-    root: str | Path,
-    dataset: str,
-    split_by: str,
-    cells: Sequence[tuple[str, float, int]],
-    out: Path,
-    eval_splits: Sequence[str],
-    overrides: Sequence[str],
-    command: str,
-    log: Callable[[str], None],
-    jobs: int,
+    grid: dict[str, Any], cells: Sequence[tuple[str, float, int]], command: str, log: Callable[[str], None], jobs: int
 ) -> list[dict[str, Any]]:
-    """`run_grid` with up to `jobs` cells at once in spawned processes (torch and fork do not mix)."""
+    """`run_grid` with up to `jobs` cells at once in spawned processes (torch and fork do not mix); `grid` holds
+    run_grid's config, root, dataset, split_by, out, eval_splits and overrides."""
+    config, root, dataset, split_by = grid["config"], grid["root"], grid["dataset"], grid["split_by"]
+    out, eval_splits, overrides = grid["out"], grid["eval_splits"], grid["overrides"]
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
