@@ -13,7 +13,8 @@ import pytest
 from l2l.cli.main import main
 from l2l.data.refer import ReferData
 from l2l.data.splits import load_split
-from l2l.training.bench import _worker_overrides, aggregate, table_markdown
+from l2l.training.bench import (_worker_overrides, aggregate, evolution_series, plot_evolution, plot_ratio_curve,
+                                table_markdown)
 from l2l.training.config import load_config
 from l2l.training.trainer import Trainer
 
@@ -148,3 +149,20 @@ def test_parallel_grid_starts_the_costliest_cell_of_each_group_first() -> None:
     assert [m for m, r, s in order[:4]] == ["l2l", "fixmatch", "supervised", "prior_only"]
     assert {r for m, r, s in order[:4]} == {0.01} and {r for m, r, s in order[4:8]} == {0.05}
     assert order[-1][0] == "supervised_full"
+
+
+def test_bench_plots_and_evolution_series_over_seeds(tmp_path: Path) -> None:
+    rows = [{"split": "test", "method": m, "mode": mode, "ratio": r, "mIoU": v, "mIoU_std": 0.5}
+            for m, r, v in (("l2l", 0.01, 60.0), ("l2l", 0.1, 63.0), ("supervised_full", 1.0, 62.0))
+            for mode in ("prior", "prior_free")]
+    plot_ratio_curve(rows, tmp_path / "ratio.png")
+    assert (tmp_path / "ratio.png").stat().st_size > 0
+    assert not plot_evolution(tmp_path, tmp_path / "evo.png")  # no run evolved yet: nothing drawn
+    for seed, after in ((0, 66.0), (1, 64.0)):
+        run = tmp_path / "runs" / "l2l" / "r0.01" / f"s{seed}"
+        run.mkdir(parents=True)
+        rec = {"method/evolve/round": 1.0, "method/evolve/hidden_before_mIoU": 68.0, "method/evolve/hidden_mIoU": after}
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n" + json.dumps(rec) + "\n")
+    assert evolution_series(tmp_path) == {("l2l/r0.01", "hidden D_u masks"): {0: [68.0, 68.0], 1: [66.0, 64.0]}}
+    assert plot_evolution(tmp_path, tmp_path / "evo.png")
+    assert (tmp_path / "evo.png").stat().st_size > 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -173,55 +174,83 @@ def table_markdown(rows: list[dict[str, Any]], split: str = "test") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _save_plot(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> None:
-    """Label, grid and legend the axes, then write the figure and free it."""
-    import matplotlib.pyplot as plt
-
+def _finish_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    """Write the figure and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_ratio_curve(rows: list[dict[str, Any]], path: Path, mode_pref: Sequence[str] = ("prior", "prior_free")) -> None:
-    """mIoU against label ratio per method (test splits pooled; each method in its main mode)."""
+def plot_ratio_curve(rows: list[dict[str, Any]], path: Path, modes: Sequence[str] = ("prior", "prior_free")) -> None:
+    """mIoU against label ratio per method, one panel per evaluation mode (test splits pooled), each panel with the
+    fully supervised model of the same mode as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    methods = sorted({r["method"] for r in rows if r["split"] == "test" and r["method"] != FULL})
-    for method in methods:
-        mine = [r for r in rows if r["split"] == "test" and r["method"] == method]
-        mode = next((m for m in mode_pref if any(r["mode"] == m for r in mine)), None)
-        pts = sorted((r["ratio"], r["mIoU"], r["mIoU_std"]) for r in mine if r["mode"] == mode)
-        if pts:
-            xs, ys, es = zip(*pts)
-            ax.errorbar([x * 100 for x in xs], ys, yerr=es, marker="o", capsize=3, label=f"{method} ({mode})")
-    for r in rows:
-        if r["split"] == "test" and r["method"] == FULL and r["mode"] == "prior_free":
-            ax.axhline(r["mIoU"], color="k", ls="--", lw=1, label="fully supervised (100%)")
-    ax.set_xscale("log")
-    _save_plot(fig, ax, path, "labelled images (%)", "mIoU (%)", "ShapeRefs test: mIoU vs label ratio")
+    test = [r for r in rows if r["split"] == "test"]
+    modes = [m for m in modes if any(r["mode"] == m for r in test)]
+    fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(5.5 * max(1, len(modes)), 4), squeeze=False)
+    methods = sorted({r["method"] for r in test if r["method"] != FULL})
+    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    for ax, mode in zip(axes[0], modes):
+        for method in methods:
+            pts = sorted((r["ratio"], r["mIoU"], r["mIoU_std"]) for r in test
+                         if r["method"] == method and r["mode"] == mode)
+            if pts:
+                xs, ys, es = zip(*pts)
+                ax.errorbar([x * 100 for x in xs], ys, yerr=es, marker="o", capsize=3, color=colours[method],
+                            label=method)
+        for r in test:
+            if r["method"] == FULL and r["mode"] == mode:
+                ax.axhline(r["mIoU"], color="k", ls="--", lw=1, label="fully supervised (100%)")
+        ax.set_xscale("log")
+        _finish_axes(ax, "labelled images (%)", "mIoU (%)", f"ShapeRefs test, {mode.replace('_', '-')}")
+    _save_figure(fig, path)
 
 
-def plot_evolution(out: Path, path: Path) -> bool:
-    """Pseudo-label mIoU per self-evolution round for every run that evolved its labels; False when none did.
+EVOLUTION_KEYS = (("method/evolve/hidden_mIoU", "method/evolve/hidden_before_mIoU", "hidden D_u masks"),
+                  ("method/evolve/proxy_q_miou_after", "method/evolve/proxy_q_miou_before", "proxy (labelled)"))
 
-    Reads the runs' `metrics.jsonl`: `method/evolve/hidden_mIoU` (ShapeRefs only, scored by evaluation code against
-    the hidden masks) and `method/evolve/proxy_q_miou_after` (labelled proxy set)."""
-    series = []
+
+def evolution_series(out: Path) -> dict[tuple[str, str], dict[int, list[float]]]:
+    """{(method/ratio, label): {round: [value per seed]}} from the runs' `metrics.jsonl`.
+
+    `method/evolve/hidden_mIoU` is scored by evaluation code against the hidden masks (ShapeRefs only),
+    `method/evolve/proxy_q_miou_after` on the labelled proxy set. Round 0 is the bank before the first write: the
+    MLLM's proposals."""
+    series: dict[tuple[str, str], dict[int, list[float]]] = {}
     for log in sorted(out.glob("runs/*/r*/s*/metrics.jsonl")):
         recs = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()]
         rounds = [r for r in recs if "method/evolve/round" in r]
-        if rounds:
-            series.append((log.parent.relative_to(out / "runs").as_posix(), rounds))
+        if not rounds:
+            continue
+        group = log.parent.parent.relative_to(out / "runs").as_posix()
+        for after, before, label in EVOLUTION_KEYS:
+            points = {int(r["method/evolve/round"]): r.get(after) for r in rounds}
+            points[0] = rounds[0].get(before)
+            for rnd, value in points.items():
+                if value is not None:
+                    series.setdefault((group, label), {}).setdefault(rnd, []).append(float(value))
+    return series
+
+
+def plot_evolution(out: Path, path: Path) -> bool:
+    """Pseudo-label mIoU per self-evolution round, mean over seeds per (method, ratio): hidden masks solid, proxy
+    dashed. False (and no file) when no run evolved its labels."""
+    series = evolution_series(out)
     if not series:
         return False
     import matplotlib
@@ -229,20 +258,20 @@ def plot_evolution(out: Path, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, rounds in series:
-        xs = [int(r["method/evolve/round"]) for r in rounds]
-        # round 0 is the bank before the first write: the MLLM's proposals
-        for key, before, style, label in (
-                ("method/evolve/hidden_mIoU", "method/evolve/hidden_before_mIoU", "-o", "hidden D_u masks"),
-                ("method/evolve/proxy_q_miou_after", "method/evolve/proxy_q_miou_before", "--s", "proxy (labelled)")):
-            ys = [r.get(key) for r in rounds]
-            if all(y is not None for y in ys):
-                first = rounds[0].get(before)
-                ax.plot(([0] if first is not None else []) + xs, ([first] if first is not None else []) + ys, style,
-                        label=f"{name}: {label}")
-    _save_plot(fig, ax, path, "self-evolution round", "pseudo-label mIoU (%)",
-               "Evolving labels (proposal bank) against ground truth")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups = sorted({g for g, _ in series})
+    for i, group in enumerate(groups):
+        for (_, _, label), style in zip(EVOLUTION_KEYS, ("-o", "--s")):
+            by_round = series.get((group, label))
+            if by_round:
+                xs = sorted(by_round)
+                n = max(len(v) for v in by_round.values())
+                ax.plot(xs, [statistics.fmean(by_round[x]) for x in xs], style, color=f"C{i % 10}",
+                        label=f"{group} ({n} seed{'s' if n > 1 else ''}): {label}")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    _finish_axes(ax, "self-evolution round (0 = the MLLM's proposals)", "pseudo-label mIoU (%)",
+                 "Evolving labels (proposal bank) against ground truth")
+    _save_figure(fig, path)
     return True
 
 
