@@ -203,18 +203,22 @@ def render_gallery(trainer: Any, data_root: Path, path: Path, n: int = 6) -> tup
     import matplotlib.pyplot as plt
 
     from l2l.data.dataset import RESDataset
-    from l2l.methods.l2l import candidate_label
+    from l2l.methods.l2l import candidate_label, label_proposal
     from l2l.proposals.methods import make_proposal
     from l2l.training.batching import Collator, SeededItems, move_batch
 
     method, proc, unl = trainer.method, trainer.processor, trainer.unlabelled
     ids = np.linspace(0, len(unl) - 1, n).astype(int)
-    batch = Collator(proc, bank=trainer.train_bank, priors=trainer.priors)([SeededItems(unl)[(int(i), 0)] for i in ids])
+    # as in training: the network sees the MLLM's proposal, the candidate label reads the run's evolved bank
+    evolving = trainer.train_bank if trainer.train_bank is not trainer.input_bank else None
+    collate = Collator(proc, bank=trainer.input_bank, priors=trainer.priors, label_bank=evolving)
+    batch = collate([SeededItems(unl)[(int(i), 0)] for i in ids])
     batch = move_batch(batch, trainer.env.device)
     net = method.model
     p = method.teacher_probs(batch)
     student = torch.sigmoid(net(**method.inputs(batch))["logits"].float())
-    m, yhat = candidate_label(p, batch["proposal"], batch["has_proposal"], method.alpha(method.total_steps))
+    q = label_proposal(batch)
+    m, yhat = candidate_label(p, q, batch["has_proposal"], method.alpha(method.total_steps))
     accept = method.acceptance(batch, p, student, m, yhat)
     full = RESDataset(data_root, trainer.train_id)  # evaluation-only view with masks
     by_id = {s.sample_id: k for k, s in enumerate(full.samples)}
@@ -233,7 +237,7 @@ def render_gallery(trainer: Any, data_root: Path, path: Path, n: int = 6) -> tup
         def at_image_size(square: torch.Tensor) -> np.ndarray:  # model-resolution map -> the image's own size
             return cv2.resize(square.float().cpu().numpy(), (w, h), interpolation=cv2.INTER_NEAREST)
 
-        panels = [img, q0, at_image_size(accept[r, 0]), at_image_size(batch["proposal"][r, 0]), gt]
+        panels = [img, q0, at_image_size(accept[r, 0]), at_image_size(q[r, 0]), gt]
         for c, panel in enumerate(panels):
             ax = axes[r, c]
             if c == 0:
