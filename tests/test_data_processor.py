@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -46,17 +47,42 @@ def test_tiny_uses_the_same_tokenizer_and_default_max_tokens() -> None:
         tokenizer_source("clip")
 
 
-def test_masks_stay_binary_and_maps_stay_soft(proc: Processor) -> None:
-    m = np.zeros((10, 10), bool)
-    m[:, :5] = True
-    out = proc.masks([m])
+def test_masks_are_centre_aligned_area_fractions_and_maps_stay_soft(proc: Processor) -> None:
+    m = np.zeros((64, 64), bool)
+    m[:, :32] = True
+    out = proc.masks([m])  # 64 -> 32: every target pixel covers 2x2 source pixels
     assert out.shape == (1, 1, 32, 32)
-    assert set(out.unique().tolist()) == {0.0, 1.0}
-    assert out[0, 0, :, :16].all() and not out[0, 0, :, 16:].any()
+    assert out[0, 0, :, :16].eq(1).all() and out[0, 0, :, 16:].eq(0).all()
+    # An edge between source pixels 46 and 47 cuts target column 23 in half: a soft target, not a coin flip.
+    m = np.zeros((64, 64), bool)
+    m[20:47, 20:47] = True
+    out = proc.masks([m])[0, 0]
+    torch.testing.assert_close(out[15, 23], torch.tensor(0.5))
+    torch.testing.assert_close(out[23, 15], torch.tensor(0.5))
+    # No shift: the target's centre of mass is the object's, in target pixels (OpenCV's nearest moves it).
+    ys, xs = torch.meshgrid(torch.arange(32.0) + 0.5, torch.arange(32.0) + 0.5, indexing="ij")
+    cy, cx = float((out * ys).sum() / out.sum()), float((out * xs).sum() / out.sum())
+    assert abs(cy - 33.5 / 2) < 0.05 and abs(cx - 33.5 / 2) < 0.05  # nearest: 17.0
     soft = np.tile(np.linspace(0, 1, 10, dtype=np.float32), (10, 1))
     s = proc.maps([soft])
     assert s.shape == (1, 1, 32, 32) and 0.0 <= s.min() and s.max() <= 1.0
     assert len(s.unique()) > 10  # interpolated, not nearest
+
+
+def test_a_perfectly_fitted_target_scores_high_at_the_original_size() -> None:
+    """Small objects at a 1.5x downscale (ShapeRefs at 128 px): the target upsampled back, as `l2l eval` scores a
+    prediction, must keep the object; the binary nearest-neighbour target lost about an eighth of it."""
+    proc = Processor(128, tokenizer=None)
+    rng = np.random.default_rng(0)
+    ious = []
+    for _ in range(40):
+        m = np.zeros((190, 190), np.uint8)
+        cx, cy, r = rng.uniform(30, 160), rng.uniform(30, 160), rng.uniform(6, 14)
+        cv2.circle(m, (int(cx), int(cy)), int(r), 1, thickness=-1)
+        mask = m.astype(bool)
+        up = Processor.upsample_logits(proc.masks([mask]) - 0.5, mask.shape)[0, 0] > 0
+        ious.append(float((up.numpy() & mask).sum() / (up.numpy() | mask).sum()))
+    assert np.mean(ious) > 0.95, np.mean(ious)
 
 
 def test_boxes_scale_to_resized_pixels(proc: Processor) -> None:

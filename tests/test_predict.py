@@ -14,6 +14,8 @@ from l2l.cli.main import main
 from l2l.errors import CheckpointError, InputError
 from l2l.evaluation import Predictor, overlay
 from l2l.model import ModelConfig, RESModel
+from l2l.model.modeling import trained_proposal_method
+from l2l.priors.prior import Prior
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,24 @@ def test_predictor_mask_at_original_size_matches_logits(checkpoint: Path, photo:
     assert with_prior.shape == (60, 90)
     assert predictor(image[:, :, 0], "cat").shape == (60, 90)
     assert predictor(np.dstack([image, np.full((60, 90), 255, np.uint8)]), "cat").shape == (60, 90)
+
+
+def test_predictor_uses_the_training_proposal_and_no_proposal_for_a_failed_prior(tmp_path: Path, photo: Path) -> None:
+    torch.manual_seed(0)
+    model = RESModel(ModelConfig(vision="tiny", text="tiny", image_size=64, dim=16, decoder_dim=16))
+    with torch.no_grad():
+        model.prior_out_scale.fill_(3.0)  # make the proposal visible in the output
+    plain = model.save_pretrained(tmp_path / "plain")
+    grab = model.save_pretrained(tmp_path / "grab", card={"method": "supervised", "proposal": "grabcut"})
+    assert trained_proposal_method(plain) == "gaussian" and trained_proposal_method(grab) == "grabcut"
+    assert Predictor.from_pretrained(grab).proposal_method == "grabcut"
+    assert Predictor.from_pretrained(grab, proposal_method="box").proposal_method == "box"
+    predictor = Predictor.from_pretrained(grab)
+    image = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
+    failed = Prior.failed("x", "no box in the answer")
+    none = predictor.logits(image, "the cat")
+    assert torch.equal(predictor.logits(image, "the cat", prior=failed), none)
+    assert not torch.equal(predictor.logits(image, "the cat", prior=Prior("x", [10, 5, 60, 50], [], 0.9)), none)
 
 
 def test_predictor_bad_inputs(checkpoint: Path, tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
+from l2l.data.processor import Processor
 from l2l.errors import CheckpointError, ConfigError, InputError
+from l2l.evaluation.evaluator import proposal_batch
 from l2l.priors import Prior
 from l2l.proposals import ProposalBank, build_bank, make_proposal
 from l2l.proposals import bank as bank_module
@@ -180,6 +182,9 @@ def test_bank_reuses_cache_and_recomputes_only_changed_priors(tmp_path: Path, mo
     assert first.shape == (48, 48) and first.dtype == np.float32 and 0.0 <= first.min() <= first.max() <= 1.0
     assert np.abs(first - cv2.resize(make_proposal("grabcut", image, priors["0:0"]).map, (48, 48))).max() <= 1 / 255
     assert bank.quality("2:0") == 0.0 and not bank.get("2:0").any() and bank.reason("2:0").startswith("prior failed")
+    assert bank.has_prior("0:0") and bank.has_prior("1:0") and not bank.has_prior("2:0")
+    proposal, has = proposal_batch(bank, ["0:0", "2:0"], Processor(48, tokenizer=None))
+    assert has.tolist() == [True, False] and proposal.shape == (2, 1, 48, 48)
     assert bank.confidence("1:0") == pytest.approx(0.6)
 
     made = {"n": 0}

@@ -123,11 +123,14 @@ class _Processor:
 
 
 class _Bank:
-    def __init__(self, maps: dict[str, np.ndarray]) -> None:
-        self.maps = maps
+    def __init__(self, maps: dict[str, np.ndarray], failed: tuple[str, ...] = ()) -> None:
+        self.maps, self.failed = maps, failed
 
     def get(self, sid: str) -> np.ndarray:
         return self.maps[sid]
+
+    def has_prior(self, sid: str) -> bool:
+        return sid not in self.failed
 
 
 @dataclass
@@ -195,3 +198,15 @@ def test_collator_adds_the_evolving_label_proposal_beside_the_input_proposal() -
         expected = 0.5 if k < 3 else 0.0  # column 2: evolved map vs the input map's background
         assert batch["label_proposal"][k, 0, 0, col(2)] == expected
     assert "label_proposal" not in Collator(_Processor(), bank=inputs)(items)
+
+
+def test_a_failed_prior_is_no_proposal_not_an_empty_one() -> None:
+    """The bank keeps an all-zero placeholder for a failed prior; as input it would say "nothing here", so the
+    sample goes down the network's no-proposal path instead (its candidate label may still use the map)."""
+    items = _items(3)
+    left = np.zeros((8, 8), np.float32)
+    left[:, :2] = 1
+    bank = _Bank({"0:0": left, "1:0": np.zeros((8, 8), np.float32), "2:0": left}, failed=("1:0",))
+    batch = Collator(_Processor(), bank=bank, label_bank=bank)(items)
+    assert batch["has_proposal"].tolist() == [True, False, True]
+    assert not batch["proposal"][1].any()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--simulated-priors", action="store_true",
                    help="with-priors mode from the simulated MLLM (synthetic data such as ShapeRefs only)")
     p.add_argument("--priors-seed", type=int, default=0, help="seed of the simulated MLLM")
-    p.add_argument("--proposal-method", default="gaussian", help="proposal from the priors: box, gaussian, grabcut, sam")
+    p.add_argument("--proposal-method", default=None,
+                   help="proposal from the priors: box, gaussian, grabcut, sam (default: the one the checkpoint "
+                   "was trained with, from its training.json; else gaussian)")
     p.add_argument("--sam-checkpoint", type=Path, default=None, help="local SAM checkpoint (proposal method sam)")
     p.add_argument("--proposal-cache", type=Path, default=None,
                    help="where proposal banks are cached (default OUT/proposals)")
@@ -89,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from l2l.data.dataset import RESDataset
     from l2l.evaluation import evaluate, format_table, mode_name
     from l2l.model import RESModel
+    from l2l.model.modeling import trained_proposal_method
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
@@ -98,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         modes = _modes(args)
         model = RESModel.from_pretrained(args.checkpoint).to(device)
+        if args.proposal_method is None:
+            args.proposal_method = trained_proposal_method(args.checkpoint)
+            if True in modes and rank == 0:
+                print(f"proposal method: {args.proposal_method} (the checkpoint's training proposal; "
+                      "--proposal-method to change)", file=sys.stderr)
         processor = model.processor()
         rows: list[dict[str, Any]] = []
         for k, data in enumerate(args.data):

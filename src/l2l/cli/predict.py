@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="overlay picture to write (.png, .jpg)")
     p.add_argument("--mask-out", type=Path, default=None, help="also write the mask as a 0/255 PNG")
     p.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"), default=None,
-                   help="optional prior box in image pixels (with-priors mode, gaussian proposal)")
+                   help="optional prior box in image pixels (with-priors mode; proposal made with the checkpoint's "
+                   "training proposal method)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     p.set_defaults(func=run)
 

@@ -90,8 +90,18 @@ class Processor:
         return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
 
     def masks(self, masks: Sequence[np.ndarray]) -> torch.Tensor:
-        """bool[H, W] masks -> float[B, 1, S, S] of 0/1 (nearest neighbour keeps them binary)."""
-        out = [self._resize(np.asarray(m).astype(np.uint8), cv2.INTER_NEAREST) for m in masks]
+        """bool[H, W] masks -> soft float[B, 1, S, S] training targets: the share of each resized pixel the
+        object covers (area average; bilinear where a side is enlarged), pixel-centre aligned with `images`.
+
+        Why not nearest neighbour: OpenCV's nearest samples at `floor(x * scale)`, which shifts the mask up-left
+        against the bilinear image by up to half a source pixel, and a binary target quantises every edge to the
+        resized grid. On ShapeRefs val at S=128, a network reproducing such targets exactly scores 87.3 mIoU at
+        the original size; one reproducing these scores 99.1 (`benchmarks/target_ceiling.py`)."""
+        out = []
+        for m in masks:
+            m = np.asarray(m).astype(np.float32)
+            shrinks = m.shape[0] >= self.image_size and m.shape[1] >= self.image_size
+            out.append(np.clip(self._resize(m, cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR), 0.0, 1.0))
         if not out:
             return torch.zeros(0, 1, self.image_size, self.image_size)
         return torch.from_numpy(np.stack(out)).float().unsqueeze(1)

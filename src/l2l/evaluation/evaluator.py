@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from l2l.errors import ConfigError, DataError
 from l2l.evaluation.metric import RESMetric
+from l2l.proposals.bank import bank_has_prior
 
 MODES: tuple[str, ...] = ("prior", "prior_free")
 
@@ -53,7 +54,8 @@ def _dist_info() -> tuple[int, int]:
 def proposal_batch(
     bank: ProposalSource, sample_ids: Sequence[str], processor: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`proposal` float[B,1,S,S] and `has_proposal` bool[B] for a batch; a sample the bank lacks gets none.
+    """`proposal` float[B,1,S,S] and `has_proposal` bool[B] for a batch; a sample the bank lacks, or whose prior
+    failed, gets none (the network's no-proposal path).
 
     Maps go through `processor.maps`, so a bank stored at another side than the network input still fits.
     """
@@ -63,7 +65,7 @@ def proposal_batch(
         m = None
         if not hasattr(bank, "__contains__") or sid in bank:  # type: ignore[operator]
             try:
-                m = bank.get(sid)
+                m = bank.get(sid) if bank_has_prior(bank, sid) else None
             except KeyError:
                 m = None
         has.append(m is not None)

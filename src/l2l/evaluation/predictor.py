@@ -55,6 +55,7 @@ class Predictor:
     """
 
     def __init__(self, model: nn.Module, processor: Any = None, proposal_method: str = "gaussian") -> None:
+        """`from_pretrained` sets `proposal_method` to the one the checkpoint was trained with."""
         self.model = model.eval()
         self.processor = processor if processor is not None else model.processor()
         self.proposal_method = proposal_method
@@ -63,18 +64,23 @@ class Predictor:
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "Predictor":
         """Load a `save_pretrained` directory; a missing directory, config or weights file is a `CheckpointError`."""
         from l2l.model import RESModel
+        from l2l.model.modeling import trained_proposal_method
 
         model = RESModel.from_pretrained(directory)
+        kwargs.setdefault("proposal_method", trained_proposal_method(directory))
         return cls(model.to(device), **kwargs)
 
-    def _proposal(self, image: np.ndarray, prior: Any) -> torch.Tensor:
+    def _proposal(self, image: np.ndarray, prior: Any) -> torch.Tensor | None:
+        """The proposal batch for `prior`; None for a failed `Prior` (the network's no-proposal path)."""
         if isinstance(prior, np.ndarray):
             if prior.ndim != 2 or not np.issubdtype(prior.dtype, np.number):
                 raise InputError(f"prior map must be a 2-D numeric array in [0, 1], got shape {prior.shape}")
             soft = prior.astype(np.float32)
         else:
-            from l2l.proposals.methods import make_proposal
+            from l2l.proposals.methods import make_proposal, prior_ok
 
+            if not prior_ok(prior):
+                return None
             soft = make_proposal(self.proposal_method, image, prior).map
         return self.processor.maps([soft])
 

@@ -34,6 +34,7 @@ from l2l.utils.io import atomic_write, atomic_write_text
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
+CARD_JSON = "training.json"  # the card's fields, machine-readable (eval/predict read the proposal method)
 HF_VISION_DIR = "hf_vision"
 HF_TEXT_DIR = "hf_text"
 
@@ -287,7 +288,8 @@ class RESModel(nn.Module):
         return self.config.text == "minilm" and self.config.freeze_text
 
     def save_pretrained(self, directory: str | Path, card: dict[str, Any] | None = None) -> Path:
-        """Write `model.safetensors`, `config.json` and a `README.md` model card (atomic writes)."""
+        """Write `model.safetensors`, `config.json`, a `README.md` model card and, with a card, its fields as
+        `training.json` (atomic writes)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -299,6 +301,8 @@ class RESModel(nn.Module):
         atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
         atomic_write_text(directory / CONFIG_NAME, self.config.to_json())
         atomic_write_text(directory / CARD_NAME, _model_card(self.config, card or {}, skip_text))
+        if card:
+            atomic_write_text(directory / CARD_JSON, json.dumps(card, indent=2, default=str) + "\n")
         self._save_hf_parts(directory)
         return directory
 
@@ -354,6 +358,22 @@ class RESModel(nn.Module):
                                   f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         model.load_state_dict(state, strict=False)
         return model.to(map_location).eval()
+
+
+def training_card(directory: str | Path) -> dict[str, Any]:
+    """The card fields `save_pretrained` stored with a checkpoint (data, method, proposal, metrics); {} if none."""
+    try:
+        card = json.loads((Path(directory) / CARD_JSON).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def trained_proposal_method(directory: str | Path, default: str = "gaussian") -> str:
+    """The proposal method a checkpoint was trained with, when it is one made from box and points alone
+    (box, gaussian, grabcut); else `default`. Evaluating with another method than training shifts the scores."""
+    method = training_card(directory).get("proposal")
+    return method if method in ("box", "gaussian", "grabcut") else default
 
 
 def _model_card(config: ModelConfig, card: dict[str, Any], text_from_package: bool) -> str:

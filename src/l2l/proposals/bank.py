@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from l2l.errors import ConfigError, DataError
-from l2l.proposals.methods import METHODS, PriorLike, make_proposal
+from l2l.proposals.methods import FAILED_PRIOR, METHODS, PriorLike, make_proposal
 from l2l.utils.io import atomic_write_json
 
 INDEX_VERSION = 1
@@ -172,6 +172,11 @@ class ProposalBank:
         """Why the proposal fell back or is empty (failed prior), None when it was made as asked."""
         return self._entry(sample_id).get("reason")
 
+    def has_prior(self, sample_id: str) -> bool:
+        """False when the sample's prior failed: its stored all-zero map is a placeholder, and a network given it
+        as a proposal would be told "nothing here" instead of running its no-proposal path."""
+        return not str(self._entry(sample_id).get("reason") or "").startswith(FAILED_PRIOR)
+
     def _check_writable(self) -> None:
         if self.readonly:
             raise ConfigError(f"{self.path}: proposal bank opened read-only")
@@ -232,6 +237,12 @@ class ProposalBank:
         atomic_write_json(self.path / "index.json",
                           {"version": INDEX_VERSION, "method": self.method, "size": self.size, "entries": self.entries},
                           indent=None)
+
+
+def bank_has_prior(bank: Any, sample_id: str) -> bool:
+    """Whether a bank's map for `sample_id` comes from a usable prior (sources without `has_prior`: always)."""
+    check = getattr(bank, "has_prior", None)
+    return True if check is None else bool(check(sample_id))
 
 
 def _as_numpy(x: Any, dtype: Any) -> np.ndarray:

@@ -68,6 +68,9 @@ class Proposal:
     reason: str | None = None
 
 
+FAILED_PRIOR = "prior failed"  # reason prefix of the all-zero map a failed prior gets: not a proposal at all
+
+
 def prior_ok(prior: PriorLike | None) -> bool:
     """A prior is usable when it says ok and carries a box."""
     return prior is not None and getattr(prior, "status", "ok") == "ok" and prior.box is not None
@@ -222,7 +225,7 @@ def make_proposal(method: str, image: np.ndarray, prior: PriorLike | None, *, sa
     box = clip_box(prior.box, height, width) if prior_ok(prior) else None
     if box is None:
         why = getattr(prior, "reason", None) or ("no prior" if prior is None else "prior has no usable box")
-        return Proposal(np.zeros((height, width), np.float32), 0.0, method, f"prior failed: {why}")
+        return Proposal(np.zeros((height, width), np.float32), 0.0, method, f"{FAILED_PRIOR}: {why}")
     points = _points(prior)
     confidence = float(prior.confidence)
     if method == "sam":

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from l2l.data.augment import hflip
+from l2l.proposals.bank import bank_has_prior
 
 
 def _mix(*parts: int) -> int:
@@ -97,10 +98,13 @@ class Collator:
         self.label_bank = label_bank
 
     @staticmethod
-    def _proposal(bank: Any, sample_id: str) -> np.ndarray | None:
+    def _proposal(bank: Any, sample_id: str, input_map: bool = True) -> np.ndarray | None:
+        """The sample's map, or None: it has none, or (`input_map`) its prior failed, so it trains prior-free."""
         if bank is None:
             return None
         try:
+            if input_map and not bank_has_prior(bank, sample_id):
+                return None
             return np.asarray(bank.get(sample_id), dtype=np.float32)
         except KeyError:  # no proposal for this sample: it trains prior-free
             return None
@@ -131,7 +135,7 @@ class Collator:
             batch["proposal"] = self.processor.maps(filled)
             batch["has_proposal"] = torch.tensor([m is not None for m in maps], dtype=torch.bool)
             if self.label_bank is not None:
-                labels = [self._proposal(self.label_bank, sid) for sid in batch["sample_ids"]]
+                labels = [self._proposal(self.label_bank, sid, input_map=False) for sid in batch["sample_ids"]]
                 batch["label_proposal"] = self.processor.maps(
                     [lab if lab is not None else m for lab, m in zip(labels, filled)])
         which = [self.flip and np.random.default_rng(int(it.get("aug_seed", 0))).random() < 0.5 for it in items]

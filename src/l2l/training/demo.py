@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from l2l.proposals.bank import bank_has_prior
 from l2l.training.bench import METRIC_KEYS
 
 DEMO_OVERRIDES = ("train.max_steps=160", "data.max_val_samples=200")
@@ -71,6 +72,9 @@ class _PooledBank:
 
     def __contains__(self, sample_id: object) -> bool:
         return any(sample_id in b for b in self.banks)
+
+    def has_prior(self, sample_id: str) -> bool:
+        return any(sample_id in b and bank_has_prior(b, sample_id) for b in self.banks)
 
 
 def run_demo(
