@@ -9,6 +9,7 @@ import torch
 
 from l2l.errors import CheckpointError, ConfigError, InputError
 from l2l.model import ModelConfig, RESModel
+from l2l.model.modeling import training_card
 
 S = 64
 B = 3
@@ -209,7 +210,9 @@ def test_frozen_vision_keeps_weights_and_bn_stats():
 def test_save_load_round_trip(model, tmp_path):
     card = {"data": "shaperefs/default/train", "label_ratio": 0.01, "method": "l2l", "metrics": {"mIoU": 71.25}}
     model.save_pretrained(tmp_path / "ckpt", card=card)
-    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"model.safetensors", "config.json", "README.md"}
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"model.safetensors", "config.json", "README.md",
+                                                               "training.json"}
+    assert training_card(tmp_path / "ckpt") == card
     readme = (tmp_path / "ckpt" / "README.md").read_text()
     assert "l2l" in readme and "0.01" in readme and "71.25" in readme
     loaded = RESModel.from_pretrained(tmp_path / "ckpt")
