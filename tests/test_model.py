@@ -102,6 +102,22 @@ def test_refined_starts_from_the_proposal():
     assert agree > 0.8
 
 
+def test_refine_head_equals_upsample_then_concat():
+    """The head applies part of its input conv before upsampling (speed); the result must be the textbook one."""
+    import torch.nn.functional as F
+
+    from l2l.model.modeling import RefineHead
+
+    torch.manual_seed(0)
+    head = RefineHead(decoder_dim=12, dim=8)
+    torch.nn.init.normal_(head.head.weight)  # starts at zero: make the blocks matter
+    head.train()
+    feat, logits, pixels = torch.randn(2, 12, 8, 8), torch.randn(2, 1, 32, 32), torch.randn(2, 3, 32, 32)
+    up = F.interpolate(head.reduce(feat), size=(32, 32), mode="bilinear", align_corners=False)
+    expected = logits + head.head(head.blocks(head.inp(torch.cat([up, pixels, torch.tanh(logits / 4.0)], dim=1))))
+    assert torch.allclose(head(feat, logits, pixels), expected, atol=1e-5)
+
+
 def test_guidance_dropout_only_in_training():
     torch.manual_seed(0)
     net = RESModel(tiny(guidance_dropout=1.0))
