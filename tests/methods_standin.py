@@ -84,6 +84,9 @@ def make_batch(b: int = 3, size: int = 32, labelled: bool = True, seed: int = 0,
         "prior_conf": torch.where(has, torch.full((b,), 0.8), torch.zeros(b)),
         "proposal": proposals,
         "has_proposal": has,
+        # class-agnostic candidates (SemiRES): the object itself and a distractor square; one image has only one
+        "candidates": torch.stack([masks[:, 0] * 0.9, torch.roll(masks[:, 0], size // 2, -1) * 0.9], 1),
+        "candidate_valid": torch.tensor([[True, i > 0] for i in range(b)]),
     }
     if labelled:
         batch["mask"] = masks

@@ -205,7 +205,8 @@ def test_fine_tuned_text_gets_gradients():
     torch.manual_seed(0)
     net = RESModel(tiny(freeze_text=False)).train()
     out = net(**inputs(), proposal=proposal())
-    (out["logits"].mean() + out["refined"].mean()).backward()
+    free = net(**inputs())  # with a proposal the zero-initialised correction heads pass no gradient at step 0
+    (out["logits"].mean() + out["refined"].mean() + free["logits"].mean()).backward()
     # every trainable parameter takes part (DDP without find_unused_parameters)
     unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused

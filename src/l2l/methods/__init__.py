@@ -19,7 +19,7 @@ from l2l.methods.fixmatch import FixMatchMethod
 from l2l.methods.l2l import L2LMethod, L2LNoEvolveMethod, L2LNoRPLEMethod, L2LNoSESMMethod
 from l2l.methods.prior_label import PriorLabelMethod
 from l2l.methods.prior_only import PriorOnlyMethod
-from l2l.methods.semires import SemiRESMethod
+from l2l.methods.semires import SemiRESMethod, SemiRESMLLMMethod
 
 METHODS: dict[str, type[Method]] = {
     "supervised": SupervisedMethod,
@@ -27,6 +27,7 @@ METHODS: dict[str, type[Method]] = {
     "prior_label": PriorLabelMethod,
     "fixmatch": FixMatchMethod,
     "semires": SemiRESMethod,
+    "semires_mllm": SemiRESMLLMMethod,
     "l2l": L2LMethod,
     "l2l_no_rple": L2LNoRPLEMethod,
     "l2l_no_sesm": L2LNoSESMMethod,

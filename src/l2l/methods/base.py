@@ -29,6 +29,7 @@ class Method:
     needs_unlabelled: ClassVar[bool] = False  # trainer provides batch_u when True
     needs_proposals: ClassVar[bool] = False  # batches carry `proposal`/`has_proposal` when True
     uses_proposals_at_eval: ClassVar[bool] = False  # evaluate "with priors" as the main mode
+    needs_candidates: ClassVar[bool] = False  # unlabelled batches carry class-agnostic candidate masks (SemiRES)
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
         self.model = model
@@ -46,9 +47,11 @@ class Method:
         """Called on every rank after each epoch (self-evolution lives here); returns scalars to log."""
         return {}
 
-    def eval_model(self) -> nn.Module:
-        """The network to evaluate and save (the EMA teacher for teacher-student methods)."""
-        return self.model
+    def eval_model(self) -> nn.Module | None:
+        """A network of the method's own to evaluate instead of the student (prior_only's proposal-as-logits);
+        None, the default, means the one scoring rule of every trained method: the trainer's weight average
+        (EMA) of the student (`train.ema_momentum`), whatever teacher the method keeps."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -1,6 +1,7 @@
 """FixMatch/UniMatch-style baseline: confident teacher pixels on the weak view supervise the strong view.
 
-Pseudo-label `p > 0.5`, kept where the teacher is confident, `max(p, 1 - p) >= threshold` (0.95 as UniMatch).
+Pseudo-label: the teacher's probability `p` (soft), kept where the teacher is confident, `max(p, 1 - p) >= threshold`
+(0.95 as UniMatch; there a soft and a hard label differ by at most 0.05). Samples without a proposal carry no label.
 The teacher is the shared EMA teacher; `ema_momentum: 0` gives UniMatch's online (previous-step) predictions.
 UniMatch's feature-perturbation stream needs hooks inside the encoder and is not part of this baseline.
 """
@@ -16,7 +17,7 @@ from l2l.methods.semi import TeacherStudentMethod, check_unlabelled
 
 
 class FixMatchMethod(TeacherStudentMethod):
-    """`L = L_sup + lambda_u(t) * CE+Dice(student_strong, [p > .5]; conf >= threshold)`."""
+    """`L = L_sup + lambda_u(t) * CE+Dice(student_strong, p; conf >= threshold)`."""
 
     name: ClassVar[str] = "fixmatch"
     defaults: ClassVar[dict[str, Any]] = {
@@ -29,9 +30,8 @@ class FixMatchMethod(TeacherStudentMethod):
         p = self.teacher_probs(batch_u)
         out_l, out_u = self.student_joined(batch_l, batch_u, self.views.strong(batch_u["pixel_values"]))
         loss, logs = self.supervised(out_l, batch_l)
-        target = (p > 0.5).float()
         keep = (torch.maximum(p, 1.0 - p) >= float(self.cfg["threshold"])).float()
-        loss_u = self.seg_loss(out_u["logits"], target, keep)
+        loss_u = self.unsup_loss(out_u["logits"], p, keep, batch_u)
         lam = self.lambda_u(step)
         loss = loss + lam * loss_u
         logs.update({"loss_unsup": float(loss_u.detach()), "lambda_u": lam, "accept_rate": float(keep.mean()),

@@ -180,14 +180,14 @@ class L2LMethod(TeacherStudentMethod):
             logs.update(rple_logs)
         else:
             accept_u = self.fixed_acceptance(m_u)
-        weight_u = accept_u.float()
-        target_u = yhat_u.float()
-        loss_u = self.seg_loss(logits_u, target_u, weight_u) if bool(weight_u.any()) else logits_u.sum() * 0.0
+        weight_u = accept_u.float() * has_proposal_weight(batch_u, logits_u)
+        target_u = m_u  # soft: the mixture itself, not its 0.5-threshold
+        loss_u = self.unsup_loss(logits_u, target_u, weight_u, batch_u)
         lam = self.lambda_u(step)
         loss = loss_sup_total + lam * loss_u
         refined_u, lambda_g = out_u.get("refined"), float(self.cfg["lambda_g"])
         if refined_u is not None and lambda_g > 0:
-            w_g = weight_u * has_proposal_weight(batch_u, refined_u)
+            w_g = weight_u
             if bool(w_g.any()):
                 ramp = sigmoid_rampup(step, float(self.cfg["rampup"]) * self.total_steps)
                 loss_guide_u = self.seg_loss(refined_u, target_u, w_g)

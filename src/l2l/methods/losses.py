@@ -62,3 +62,23 @@ def ce_dice(
     if dice_weight:
         loss = loss + dice_weight * dice_loss(logits, target, weight)
     return loss
+
+
+def pseudo_label_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    ce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+) -> torch.Tensor:
+    """Soft BCE + soft Dice toward a soft pseudo-label in [0, 1] (a mixture, a proposal, a matched mask), over the
+    pixels that carry weight (acceptance, PWA weights, has-a-proposal); 0 (still in the graph) when none does.
+
+    Soft, not thresholded: a hard 0/1 label at the network's side moves every edge to the pixel grid, and a
+    network that copies such labels exactly loses ~5 mIoU at the original resolution that the soft map keeps.
+    """
+    if target.min() < 0 or target.max() > 1:
+        raise ValueError("pseudo-label targets must lie in [0, 1]")
+    if not bool((weight > 0).any()):
+        return logits.sum() * 0.0
+    return ce_dice(logits, target.float(), weight, ce_weight=ce_weight, dice_weight=dice_weight)

@@ -1,4 +1,4 @@
-"""Prior-as-label baseline: every proposal of D_u, thresholded at 0.5, is a label; no selection, no teacher.
+"""Prior-as-label baseline: every (soft) proposal of D_u is a label; no selection, no teacher.
 
 It shows what the MLLM prior is worth as supervision on its own, and so what RPLE's selection and the
 self-evolution add on top. Samples whose prior failed (`has_proposal` false) carry no label.
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from l2l.methods.base import Method, StepOutput
-from l2l.methods.losses import ce_dice
+from l2l.methods.losses import ce_dice, pseudo_label_loss
 from l2l.methods.semi import (check_unlabelled, has_proposal_weight, join_inputs, labelled_loss, model_inputs,
                               sigmoid_rampup, split_output)
 from l2l.methods.supervised import model_uses_sesm
@@ -20,7 +20,7 @@ from l2l.methods.teacher import Views
 
 
 class PriorLabelMethod(Method):
-    """`L = L_sup + lambda_g L_guide + lambda_u(t) * CE+Dice(student_strong(x_u), [q > 0.5])`."""
+    """`L = L_sup + lambda_g L_guide + lambda_u(t) * CE+Dice(student_strong(x_u), q)`, soft targets."""
 
     name: ClassVar[str] = "prior_label"
     needs_unlabelled: ClassVar[bool] = True
@@ -31,7 +31,7 @@ class PriorLabelMethod(Method):
         "ce_weight": 1.0,
         "dice_weight": 1.0,
         "lambda_g": 0.5,  # weight of L_guide on the labelled part
-        "seed": 0,  # seed of the strong-view generator
+        "seed": 0,  # seed of the strong-view (and RPLE) generators; the config sets it to the run's seed unless given
     }
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
@@ -53,13 +53,13 @@ class PriorLabelMethod(Method):
         loss, logs = labelled_loss(out_l, batch_l, self._loss, float(self.cfg["lambda_g"]))
 
         logits_u = out_u["logits"]
-        target = (batch_u["proposal"].to(logits_u.device) > 0.5).float()
+        target = batch_u["proposal"].to(logits_u.device).float()
         weight = has_proposal_weight(batch_u, logits_u)
         lam = float(self.cfg["lambda_u"]) * sigmoid_rampup(step, float(self.cfg["rampup"]) * self.total_steps)
-        if bool(weight.any()):
-            loss_u = self._loss(logits_u, target, weight)
-            loss = loss + lam * loss_u
-            logs["loss_unsup"] = float(loss_u.detach())
+        loss_u = pseudo_label_loss(logits_u, target, weight, ce_weight=float(self.cfg["ce_weight"]),
+                                   dice_weight=float(self.cfg["dice_weight"]))
+        loss = loss + lam * loss_u
+        logs["loss_unsup"] = float(loss_u.detach())
         logs.update({"lambda_u": lam, "loss": float(loss.detach())})
         return StepOutput(loss=loss, logs=logs)
 

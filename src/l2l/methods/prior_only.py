@@ -15,16 +15,16 @@ from torch import nn
 
 from l2l.methods.base import Method, StepOutput
 from l2l.methods.teacher import unwrap
+from l2l.model.modeling import prior_logits
 
 
 class ProposalAsLogits(nn.Module):
     """`forward(...) -> {"logits": logit(q), "refined": None}`; samples without a proposal get an empty mask."""
 
-    def __init__(self, network: nn.Module, eps: float = 1e-4) -> None:
+    def __init__(self, network: nn.Module) -> None:
         super().__init__()
         # Kept (not registered as a child) only to hand out the matching Processor to evaluation code.
         self._network = [network]
-        self.eps = float(eps)
 
     def processor(self) -> Any:
         return self._network[0].processor()
@@ -48,8 +48,8 @@ class ProposalAsLogits(nn.Module):
             q = proposal.to(pixel_values.device).float()
             if has_proposal is not None:
                 q = q * has_proposal.to(q.device).float().view(-1, 1, 1, 1)
-        q = q.clamp(self.eps, 1.0 - self.eps)
-        return {"logits": torch.log(q) - torch.log1p(-q), "refined": None}
+        # the network's own clamp and logit: an untrained RESModel given q outputs these logits exactly
+        return {"logits": prior_logits(q), "refined": None}
 
 
 class PriorOnlyMethod(Method):

@@ -7,7 +7,7 @@ one backward), which is what keeps a semi-supervised step within a small multipl
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ from torch import nn
 
 from l2l.errors import DataError
 from l2l.methods.base import Method
-from l2l.methods.losses import ce_dice
+from l2l.methods.losses import ce_dice, pseudo_label_loss
 from l2l.methods.supervised import model_uses_sesm
 from l2l.methods.teacher import EMATeacher, Views
 
@@ -125,6 +125,7 @@ class TeacherStudentMethod(Method):
 
     needs_unlabelled: ClassVar[bool] = True
     needs_proposals: ClassVar[bool] = True
+    teacher_warmup: ClassVar[bool] = True  # Mean Teacher's momentum warm-up (see EMATeacher)
     defaults: ClassVar[dict[str, Any]] = {
         "ema_momentum": 0.99,  # EMA teacher momentum (0.99 suits our few-hundred-step CPU schedules; ~0.999 for 40-epoch GPU runs)
         "lambda_u": 1.0,  # weight of the unlabelled loss after ramp-up
@@ -132,12 +133,12 @@ class TeacherStudentMethod(Method):
         "ce_weight": 1.0,  # CE share of every CE+Dice term
         "dice_weight": 1.0,  # Dice share of every CE+Dice term
         "lambda_g": 0.5,  # weight of L_guide on SESM's refined proposal
-        "seed": 0,  # seed of the strong-view generator
+        "seed": 0,  # seed of the strong-view (and RPLE) generators; the config sets it to the run's seed unless given
     }
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
         super().__init__(model, {**self.defaults, **cfg}, total_steps, bank)
-        self.teacher = EMATeacher(model, float(self.cfg["ema_momentum"]))
+        self.teacher = EMATeacher(model, float(self.cfg["ema_momentum"]), warmup=self.teacher_warmup)
         self.views = Views(int(self.cfg["seed"]))
         self.use_proposals = model_uses_sesm(model)
 
@@ -164,6 +165,14 @@ class TeacherStudentMethod(Method):
         return ce_dice(logits, target, weight, ce_weight=float(self.cfg["ce_weight"]),
                        dice_weight=float(self.cfg["dice_weight"]))
 
+    def unsup_loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                   batch_u: dict) -> torch.Tensor:
+        """The shared soft pseudo-label loss; a sample without a proposal (failed prior) contributes nothing: its
+        pseudo-label would come from the prior-free teacher alone, the weakest source there is."""
+        weight = weight.float() * has_proposal_weight(batch_u, logits)
+        return pseudo_label_loss(logits, target, weight, ce_weight=float(self.cfg["ce_weight"]),
+                                 dice_weight=float(self.cfg["dice_weight"]))
+
     def supervised(self, out_l: dict, batch_l: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """`L_sup + lambda_g * L_guide` on the labelled part, as in the supervised baseline."""
         return labelled_loss(out_l, batch_l, self.seg_loss, float(self.cfg["lambda_g"]))
@@ -171,11 +180,6 @@ class TeacherStudentMethod(Method):
     # -- hooks ------------------------------------------------------------------------------------------------
     def after_optimizer_step(self, step: int) -> None:
         self.teacher.update(self.model, step)
-
-    def eval_model(self) -> nn.Module:
-        """The EMA teacher: smoother than the student and what produced the pseudo-labels."""
-        self.teacher.follow_device(self.model)
-        return self.teacher.module
 
     def state_dict(self) -> dict[str, Any]:
         return {"teacher": self.teacher.state_dict(), "views": self.views.generator.get_state()}

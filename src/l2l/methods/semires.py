@@ -1,10 +1,25 @@
-"""SemiRES-style baseline: proposals matched to the teacher mask are labels, else uncertainty-weighted pixels.
+"""SemiRES (Yang et al., 2024) in this framework, and `semires_mllm`, the same rule with the MLLM's proposal.
 
-SemiRES matches SAM masks to the teacher's mask; here the candidate mask is the sample's prior proposal
-(`q > 0.5`), the only mask source every dataset has. Matched (IoU > 0.5): the proposal is the label, weight 1.
-Unmatched: the teacher mask is the label with Pixel-Wise Adjustment weights `1.3 - N(p; 0.5, 0.1)`, where N is
-the Gaussian kernel with peak 1 (weight 0.3 at p = 0.5, 1.3 for confident pixels); with the normalised density
-(peak 4.0) the weight would go negative, which cannot be what a loss weight means.
+SemiRES, as its paper describes it and as built here:
+- a supervised burn-in (`burn_in`, a fraction of the schedule) that trains on D_l alone and then initialises the
+  teacher from the student; the teacher then follows the student with a slow EMA (`ema_momentum` 0.9996, no
+  warm-up), as in SemiRES;
+- for each unlabelled sample, the teacher's mask `P = p > 0.5` is matched against class-agnostic candidate masks
+  of the image (`needs_candidates`: SAM "everything" masks, or the GrabCut-per-instance stand-in of
+  `l2l.proposals.candidates`):
+  IOM (`match: iom`): the candidate with the highest IoU with P, if above `iou_match` (0.5), is the label;
+  CPI (`match: cpi`): the union of the candidates S with |S n P| / |P| > `cpi_overlap` or |S n P| / |S| >
+  `cpi_overlap` (0.7) is the label;
+- without a match, the teacher's map is the label with Pixel-Wise Adjustment weights `1.3 - N(p; 0.5, 0.1)`,
+  N the Gaussian kernel with peak 1 (weight 0.3 at p = 0.5, 1.3 for confident pixels; with the normalised
+  density, peak 4.0, the weight would go negative, which cannot be what a loss weight means).
+Labels are soft (the matched candidate's soft map, or p), as for every pseudo-label method here.
+
+Departures: SemiRES's teacher sees no MLLM proposal; ours is the same network as every method's, so it is given the
+proposal like the student, and samples whose prior failed carry no pseudo-label (as in every method). SemiRES is
+a ReLA/LAVT-size network trained for tens of epochs; here it shares the grid's network and schedule.
+
+`semires_mllm` is the variant this project first built: the sample's own MLLM proposal is the only candidate.
 """
 
 from __future__ import annotations
@@ -13,8 +28,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from l2l.errors import ConfigError
 from l2l.methods.base import StepOutput
-from l2l.methods.semi import TeacherStudentMethod, binary_iou, check_unlabelled
+from l2l.methods.semi import TeacherStudentMethod, check_unlabelled
 
 
 def pixel_adjustment_weight(p: torch.Tensor, offset: float = 1.3, mean: float = 0.5, std: float = 0.1) -> torch.Tensor:
@@ -22,36 +38,112 @@ def pixel_adjustment_weight(p: torch.Tensor, offset: float = 1.3, mean: float = 
     return offset - torch.exp(-((p - mean) ** 2) / (2.0 * std**2))
 
 
+def match_candidates(teacher_mask: torch.Tensor, candidates: torch.Tensor, valid: torch.Tensor, rule: str,
+                     iou_match: float = 0.5, overlap: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(target [B,1,S,S], matched bool[B])` from the teacher mask `[B,1,S,S]` and soft candidates `[B,K,S,S]`.
+
+    IOM: the best candidate by IoU, when above `iou_match`. CPI: the pixelwise max (union) of every candidate that
+    covers most of P or lies mostly inside it. Unmatched rows get a zero target (the caller replaces it)."""
+    b, k = candidates.shape[:2]
+    if k == 0:
+        return teacher_mask.new_zeros(teacher_mask.shape, dtype=torch.float32), torch.zeros(
+            b, dtype=torch.bool, device=teacher_mask.device)
+    pm = teacher_mask.flatten(1).bool()[:, None, :]  # [B, 1, N]
+    cm = (candidates > 0.5).flatten(2)  # [B, K, N]
+    inter = (cm & pm).sum(-1).float()
+    size_p = pm.sum(-1).float()  # [B, 1]
+    size_s = cm.sum(-1).float()
+    ok = valid.bool() & (size_s > 0) & (size_p > 0)
+    if rule == "iom":
+        iou = torch.where(ok, inter / (size_p + size_s - inter).clamp_min(1.0), torch.full_like(inter, -1.0))
+        best_iou, best = iou.max(1)
+        matched = best_iou > iou_match
+        target = candidates[torch.arange(b, device=candidates.device), best][:, None]
+    elif rule == "cpi":
+        sel = ok & ((inter / size_p.clamp_min(1.0) > overlap) | (inter / size_s.clamp_min(1.0) > overlap))
+        matched = sel.any(1)
+        target = torch.where(sel[:, :, None, None], candidates, torch.zeros_like(candidates)).amax(1, keepdim=True)
+    else:
+        raise ConfigError(f"method.match={rule!r}: expected 'iom' or 'cpi'")
+    return torch.where(matched.view(-1, 1, 1, 1), target.float(), torch.zeros_like(target, dtype=torch.float32)), matched
+
+
 class SemiRESMethod(TeacherStudentMethod):
-    """Label = proposal where it matches the teacher mask (IoU > iou_match), else teacher mask with PWA weights."""
+    """Label = the matched class-agnostic candidate (IOM or CPI), else the teacher's map with PWA weights."""
 
     name: ClassVar[str] = "semires"
+    needs_candidates: ClassVar[bool] = True
+    teacher_warmup: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {
         **TeacherStudentMethod.defaults,
-        "iou_match": 0.5,  # proposal/teacher-mask IoU above which the proposal becomes the label
+        "ema_momentum": 0.9996,  # SemiRES's teacher EMA (after the burn-in initialises it)
+        "burn_in": 0.2,  # fraction of the steps trained on D_l alone; then teacher <- student
+        "match": "iom",  # iom (best candidate by IoU) | cpi (union of the candidates that are parts or covers)
+        "iou_match": 0.5,  # IOM: teacher-mask / candidate IoU above which the candidate becomes the label
+        "cpi_overlap": 0.7,  # CPI: |S n P| / |P| or |S n P| / |S| above which a candidate S joins the label
         "pwa_offset": 1.3,  # Pixel-Wise Adjustment: weight = offset - N(p; mean, std)
         "pwa_mean": 0.5,
         "pwa_std": 0.1,
     }
 
+    def __init__(self, model: Any, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
+        super().__init__(model, cfg, total_steps, bank)
+        if self.cfg["match"] not in ("iom", "cpi"):
+            raise ConfigError(f"method.match={self.cfg['match']!r}: expected 'iom' or 'cpi'")
+        self.burn_steps = int(round(float(self.cfg["burn_in"]) * self.total_steps))
+        self.burned_in = self.burn_steps == 0
+
+    def candidates(self, batch_u: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(soft candidates [B,K,S,S], valid [B,K])` of the batch's images."""
+        if "candidates" not in batch_u:
+            raise ConfigError(f"method {self.name!r} needs class-agnostic candidate masks in the unlabelled batch "
+                              "(the trainer adds them for methods with needs_candidates)")
+        return batch_u["candidates"], batch_u["candidate_valid"]
+
+    def _burn_in_step(self, batch_l: dict) -> StepOutput:
+        out_l = self.model(**self.inputs(batch_l))
+        loss, logs = self.supervised(out_l, batch_l)
+        logs.update({"loss": float(loss.detach()), "burn_in": 1.0})
+        return StepOutput(loss=loss, logs=logs)
+
     def train_step(self, batch_l: dict, batch_u: dict | None, step: int) -> StepOutput:
         batch_u = check_unlabelled(batch_u, self.name)
+        if step < self.burn_steps:
+            return self._burn_in_step(batch_l)
+        if not self.burned_in:  # the burn-in model becomes the teacher
+            self.teacher.reset(self.model)
+            self.burned_in = True
         p = self.teacher_probs(batch_u)
         out_l, out_u = self.student_joined(batch_l, batch_u, self.views.strong(batch_u["pixel_values"]))
         loss, logs = self.supervised(out_l, batch_l)
-
-        teacher_mask = p > 0.5
-        proposal_mask = batch_u["proposal"].to(p.device) > 0.5
-        has = batch_u["has_proposal"].to(p.device).bool()
-        matched = (binary_iou(proposal_mask, teacher_mask) > float(self.cfg["iou_match"])) & has
+        cand, valid = self.candidates(batch_u)
+        target, matched = match_candidates(p > 0.5, cand.to(p.device).float(), valid.to(p.device), self.cfg["match"],
+                                           float(self.cfg["iou_match"]), float(self.cfg["cpi_overlap"]))
         m = matched.view(-1, 1, 1, 1)
-        target = torch.where(m, proposal_mask, teacher_mask).float()
+        target = torch.where(m, target, p)
         pwa = pixel_adjustment_weight(p, float(self.cfg["pwa_offset"]), float(self.cfg["pwa_mean"]),
                                       float(self.cfg["pwa_std"]))
         weight = torch.where(m, torch.ones_like(p), pwa)
-        loss_u = self.seg_loss(out_u["logits"], target, weight)
-        lam = self.lambda_u(step)
+        loss_u = self.unsup_loss(out_u["logits"], target, weight, batch_u)
+        lam = self.lambda_u(step - self.burn_steps)
         loss = loss + lam * loss_u
         logs.update({"loss_unsup": float(loss_u.detach()), "lambda_u": lam,
                      "matched_rate": float(matched.float().mean()), "loss": float(loss.detach())})
         return StepOutput(loss=loss, logs=logs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "burned_in": self.burned_in}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.burned_in = bool(state.get("burned_in", self.burned_in))
+
+
+class SemiRESMLLMMethod(SemiRESMethod):
+    """SemiRES's rule with the sample's own MLLM proposal (`q > 0.5`) as the only candidate mask."""
+
+    name: ClassVar[str] = "semires_mllm"
+    needs_candidates: ClassVar[bool] = False
+
+    def candidates(self, batch_u: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch_u["proposal"], batch_u["has_proposal"].view(-1, 1)

@@ -61,6 +61,11 @@ class EMATeacher:
             t_buf.copy_(s_buf)
         return m
 
+    @torch.no_grad()
+    def reset(self, student: nn.Module) -> None:
+        """Make the teacher an exact copy of the student (SemiRES: the burn-in model becomes the teacher)."""
+        self.module.load_state_dict(unwrap(student).state_dict())
+
     def follow_device(self, student: nn.Module) -> None:
         """Move the teacher where the student is (the trainer may move the student after the method is built)."""
         s_param = next(unwrap(student).parameters(), None)

@@ -7,8 +7,13 @@ Data flow per stage s (strides 4, 8, 16, 32), method.md stage 2:
     M_s, r_s = SESM(M_s, q resized to s, sentence)     proposal guidance (if `use_sesm`)
     next input = V_s + tanh(gate(M_s)) * proj(M_s)     LAVT's gated residual: language and guidance reach
                                                        the deeper stages (staged encoders, s < 4)
-    logits = Decoder(M_1..M_4) upsampled to the input size (+ logit(q) with a proposal)
+    logits = Decoder(M_1..M_4) upsampled to the input size: with a proposal logit(q) + a correction from a head of
+             its own that starts at zero; without one the prior-free head
     logits = RefineHead(decoder features, image, logits) at full resolution;  refined = r_1 upsampled (SESM's finest)
+
+Do no harm by construction: the correction head and the refine head's last conv start at zero, so an untrained
+network given a proposal outputs exactly `prior_logits(q)`, the proposal thresholded at 0.5 (the `prior_only`
+baseline); every change from it is learnt.
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ CARD_NAME = "README.md"
 CARD_JSON = "training.json"  # the card's fields, machine-readable (eval/predict read the proposal method)
 HF_VISION_DIR = "hf_vision"
 HF_TEXT_DIR = "hf_text"
+
+
+PRIOR_EPS = 1e-3  # proposals are clamped to [eps, 1 - eps] before the logit (|logit| <= 6.9)
+EMPTY_BIAS = -4.0  # prior-free head bias at init: sigmoid(-4) = 0.018, an (almost) empty mask, as prior_only says
+
+
+def prior_logits(q: Tensor) -> Tensor:
+    """`logit(q)` of a soft proposal, clamped; shared with the prior-only baseline so both threshold alike."""
+    return torch.logit(q.float().clamp(PRIOR_EPS, 1.0 - PRIOR_EPS))
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -118,31 +132,42 @@ class SESM(nn.Module):
         h = feat + self.prior(torch.cat([q, use.expand_as(q)], dim=1)) + (1.0 - use) * self.no_prior
         gamma, beta = self.film(sentence)[:, :, None, None].chunk(2, dim=1)
         h = self.mix(h * (1.0 + gamma) + beta)
-        prior_logit = torch.logit(q.clamp(1e-3, 1.0 - 1e-3)) * use
+        prior_logit = prior_logits(q) * use
         r = self.refine(h) + self.prior_scale * prior_logit
         g = torch.sigmoid(self.gate(h))
         return feat * (1.0 + g * torch.tanh(0.5 * r)), r
 
 
 class Decoder(nn.Module):
-    """FPN-like top-down merge of the four multimodal maps into stride-4 mask logits."""
+    """FPN-like top-down merge of the four multimodal maps into stride-4 mask logits.
 
-    def __init__(self, dim: int, decoder_dim: int) -> None:
+    Two output heads: `head` gives the prior-free logits; `prior_head` (with `with_prior`) the correction added to
+    `logit(q)` when a proposal is given. Separate heads keep the two jobs apart (segment from scratch vs. edit a
+    proposal), and `prior_head` starts at zero so the with-priors output starts at the proposal. `head`'s bias
+    starts at `EMPTY_BIAS` (an empty mask, as focal-loss detectors initialise rare classes).
+    """
+
+    def __init__(self, dim: int, decoder_dim: int, with_prior: bool = False) -> None:
         super().__init__()
         # no lateral projection when widths agree: at stride 4 a 1x1 conv costs as much as a backbone block
         self.lateral = nn.ModuleList([nn.Conv2d(dim, decoder_dim, 1) if dim != decoder_dim else nn.Identity()
                                       for _ in range(4)])
         self.blocks = nn.ModuleList([_sep_block(decoder_dim) for _ in range(4)])
         self.head = nn.Conv2d(decoder_dim, 1, 1)
+        nn.init.constant_(self.head.bias, EMPTY_BIAS)
+        self.prior_head = nn.Conv2d(decoder_dim, 1, 1) if with_prior else None
+        if self.prior_head is not None:
+            nn.init.zeros_(self.prior_head.weight)
+            nn.init.zeros_(self.prior_head.bias)
 
-    def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """-> (stride-4 features, stride-4 mask logits)."""
+    def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """-> (stride-4 features, stride-4 prior-free logits, stride-4 correction of logit(q) or None)."""
         top = self.blocks[3](self.lateral[3](feats[3]))
         for i in (2, 1, 0):
             lateral = self.lateral[i](feats[i])
             top = F.interpolate(top, size=lateral.shape[-2:], mode="bilinear", align_corners=False) + lateral
             top = self.blocks[i](top)
-        return top, self.head(top)
+        return top, self.head(top), None if self.prior_head is None else self.prior_head(top)
 
 
 class RefineHead(nn.Module):
@@ -197,13 +222,11 @@ class RESModel(nn.Module):
         # gated feedback into the next stage: stages 1-3 only (nothing follows stage 4)
         self.residual = nn.ModuleList([GatedResidual(config.dim, c) for c in channels[:3]]) if self.staged else None
         self.sesm = nn.ModuleList([SESM(config.dim, self.text.dim) for _ in channels]) if config.use_sesm else None
-        self.decoder = Decoder(config.dim, config.decoder_dim)
+        self.decoder = Decoder(config.dim, config.decoder_dim, with_prior=config.use_sesm)
         self.refine = RefineHead(config.decoder_dim, config.refine_dim) if config.refine_dim else None
-        # Prior residual: with a proposal, the output starts from logit(q) at full resolution and the decoder learns
-        # the correction (wrong object, wrong extent). Without it, the stride-4 decoder must first re-learn what the
-        # proposal already says at full resolution (ShapeRefs, 100% labels, val with priors: 65.7 mIoU after 605 steps
-        # without it, 65.7 after 300 steps with it). The refine head then adds a full-resolution correction (300 steps,
-        # first 400 val samples: 63.7 -> 65.5 mIoU, P@0.5 79.0 -> 79.5; a "trust map" gating proposal vs decoder: 64.4).
+        # Prior residual: with a proposal, the output starts from logit(q) at full resolution and the decoder's
+        # `prior_head` learns the correction (wrong object, wrong extent); the refine head then corrects at full
+        # resolution. A learnt scale (starting at 1) lets the network soften or sharpen the proposal's logits.
         self.prior_out_scale = nn.Parameter(torch.tensor(1.0)) if config.use_sesm else None
         if config.freeze_vision:
             self.vision.requires_grad_(False)
@@ -273,10 +296,12 @@ class RESModel(nn.Module):
         else:
             for i, v in enumerate(self.vision(pixel_values)):
                 fuse(i, v)
-        feat, coarse = self.decoder(multimodal)
+        feat, coarse, correction = self.decoder(multimodal)
         logits = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
-        if self.prior_out_scale is not None and use is not None:
-            logits = logits + self.prior_out_scale * use * torch.logit(q.clamp(1e-3, 1.0 - 1e-3))
+        if self.prior_out_scale is not None and use is not None and correction is not None:
+            with_prior = self.prior_out_scale * prior_logits(q) + F.interpolate(
+                correction, size=size, mode="bilinear", align_corners=False)
+            logits = torch.where(use > 0, with_prior.to(logits.dtype), logits)
         if self.refine is not None:
             logits = self.refine(feat, logits, pixel_values)
         out_refined = None

@@ -91,3 +91,36 @@ class SamProposer:
         soft = torch.sigmoid(full[0, 0]).numpy().astype(np.float32)
         quality = float(np.clip(confidence, 0.0, 1.0) * float(scores[best].clamp(0.0, 1.0)))
         return Proposal(soft, quality, "sam")
+
+    def everything(self, image: np.ndarray, points_per_side: int = 16, min_score: float = 0.88,
+                   nms_iou: float = 0.7, image_key: Any = None) -> list[np.ndarray]:
+        """SAM's automatic ("everything") masks: one single-point prompt per cell of a `points_per_side` grid, the
+        best of SAM's three masks per point, kept when SAM's predicted IoU >= `min_score`, then greedy mask NMS at
+        `nms_iou` (highest score first). No text and no prior: the class-agnostic candidates SemiRES matches."""
+        embedding, (height, width), (rh, rw) = self._embedding(image, image_key)
+        steps = (np.arange(points_per_side) + 0.5) / points_per_side
+        grid = torch.tensor([[x * rw, y * rh] for y in steps for x in steps], dtype=torch.float32)
+        with torch.no_grad():
+            out = self.model(image_embeddings=embedding, input_points=grid.view(1, -1, 1, 2).to(self.device),
+                             input_labels=torch.ones(1, len(grid), 1, dtype=torch.long, device=self.device),
+                             multimask_output=True)
+        scores = out.iou_scores[0].float().cpu()  # [P, 3]
+        best = scores.argmax(-1)
+        keep_scores = scores.gather(-1, best[:, None])[:, 0]
+        logits = out.pred_masks[0].float().cpu()[torch.arange(len(grid)), best][:, None]  # [P, 1, h', w']
+        full = self.processor.image_processor.post_process_masks(
+            [logits.transpose(0, 1)], [(height, width)], [(rh, rw)], binarize=False)[0][0]  # [P, H, W]
+        soft = torch.sigmoid(full).numpy().astype(np.float32)
+        kept: list[np.ndarray] = []
+        kept_bin: list[np.ndarray] = []
+        for i in torch.argsort(keep_scores, descending=True).tolist():
+            if float(keep_scores[i]) < min_score:
+                break
+            mask = soft[i] > 0.5
+            if not mask.any():
+                continue
+            if any(float((mask & k).sum()) / float((mask | k).sum()) > nms_iou for k in kept_bin):
+                continue
+            kept.append(soft[i])
+            kept_bin.append(mask)
+        return kept

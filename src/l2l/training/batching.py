@@ -87,15 +87,18 @@ class Collator:
     when a sample has no usable prior), `prior_conf` (float[B], 0 without a prior), `mask` (float[B,1,S,S],
     labelled items only), and with a proposal bank `proposal` (float[B,1,S,S]) and `has_proposal` (bool[B]);
     with a `label_bank` (the evolving copy of a self-evolving method) also `label_proposal` (float[B,1,S,S]; the
-    input proposal where the label bank lacks a sample).
+    input proposal where the label bank lacks a sample); with `candidates` (a `CandidateBank`, SemiRES) also
+    `candidates` (float[B,K,S,S], the image's class-agnostic masks, zero-padded to the batch's largest K) and
+    `candidate_valid` (bool[B,K]).
     `flip=True` is the weak view: each item is flipped horizontally with probability 1/2 (from its own
     `aug_seed`), and its text has left/right swapped, so image, mask, proposal, box and words stay consistent.
     """
 
     def __init__(self, processor: Any, bank: Any = None, priors: Mapping[str, Any] | None = None, flip: bool = False,
-                 label_bank: Any = None) -> None:
+                 label_bank: Any = None, candidates: Any = None) -> None:
         self.processor, self.bank, self.priors, self.flip = processor, bank, priors, flip
         self.label_bank = label_bank
+        self.candidates = candidates
 
     @staticmethod
     def _proposal(bank: Any, sample_id: str, input_map: bool = True) -> np.ndarray | None:
@@ -138,6 +141,16 @@ class Collator:
                 labels = [self._proposal(self.label_bank, sid, input_map=False) for sid in batch["sample_ids"]]
                 batch["label_proposal"] = self.processor.maps(
                     [lab if lab is not None else m for lab, m in zip(labels, filled)])
+        if self.candidates is not None:
+            per = [self.candidates.get(it["sample"].image_id) for it in items]
+            k = max((len(c) for c in per), default=0)
+            stack = np.zeros((len(items), k, size, size), np.float32)
+            valid = torch.zeros(len(items), k, dtype=torch.bool)
+            for i, maps in enumerate(per):
+                for j, m in enumerate(maps):
+                    stack[i, j], valid[i, j] = m, True
+            batch["candidates"] = torch.from_numpy(stack)
+            batch["candidate_valid"] = valid
         which = [self.flip and np.random.default_rng(int(it.get("aug_seed", 0))).random() < 0.5 for it in items]
         batch["flipped"] = torch.tensor(which, dtype=torch.bool)
         if any(which):

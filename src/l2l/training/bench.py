@@ -26,8 +26,8 @@ from l2l.training.config import load_config
 from l2l.utils.io import atomic_write_json, atomic_write_text
 
 METRIC_KEYS = ("mIoU", "oIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9")
-QUICK_METHODS = ("supervised", "prior_only", "fixmatch", "semires", "l2l")
-ALL_METHODS = ("supervised", "prior_only", "prior_label", "fixmatch", "semires", "l2l")
+ALL_METHODS = ("supervised", "prior_only", "prior_label", "fixmatch", "semires", "semires_mllm", "l2l")
+QUICK_METHODS = ALL_METHODS
 ABLATIONS = ("l2l_no_rple", "l2l_no_sesm", "l2l_no_evolve")
 FULL = "supervised_full"  # the fully supervised upper bound: `supervised` on a 100% split
 
@@ -96,7 +96,7 @@ def run_one(
     if summary.get("stopped"):
         raise RuntimeError(f"{run_dir}: training stopped early (train.stop_after_steps is set)")
     train_s = time.perf_counter() - t0
-    net = trainer.method.eval_model()
+    net = trainer.eval_network()
     uses_sesm = bool(trainer.model_config.use_sesm)
     records: list[dict[str, Any]] = []
     d = cfg["data"]
@@ -353,6 +353,15 @@ def prebuild_banks(
                           sam_checkpoint=d["sam_checkpoint"] or None)
             for split in eval_splits:
                 wanted.append((str(root), DataId(dataset, split_by, split), out / "cache", kwargs))
+        if cls.needs_candidates:  # as Trainer._build_banks
+            from l2l.proposals.candidates import prepare_candidates
+
+            shared = Path(d["cache_dir"]) if d["cache_dir"] else Path(d["root"]) / ".l2l_cache"
+            train_id = DataId(d["dataset"], d["split_by"], d["train_split"])
+            if ("candidates", str(train_id), str(shared)) not in done:
+                done.add(("candidates", str(train_id), str(shared)))
+                log(f"  candidate masks {train_id} (size {size}) in {shared}")
+                prepare_candidates(d["root"], train_id, size, shared, sam_checkpoint=d["sam_checkpoint"] or None)
         for data_root, data_id, cache_dir, kw in wanted:
             key = (str(data_root), str(data_id), str(cache_dir), tuple(sorted((k, str(v)) for k, v in kw.items())))
             if key in done:

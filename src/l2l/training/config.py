@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "poly_power": 0.9,  # lr = lr0 * (1 - step / total_steps) ** poly_power
         "grad_accum": 1,  # micro-batches per optimizer step
         "grad_clip": 0.0,  # max gradient norm (0 = off)
+        "ema_momentum": 0.99,  # every trained method is validated, saved and scored as this EMA of its student (0 = the student)
         "bf16": False,  # bf16 autocast; on CUDA it helps, on CPU only where measured faster
         "num_workers": 0,  # DataLoader workers per process
         "threads": 0,  # intra-op CPU threads per process (0 = torch's default); 1 helps on an oversubscribed CPU
@@ -197,6 +198,10 @@ def _resolve_method(cfg: dict[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: unknown key 'method.{key}' for method {name!r}{_nearest(key, sorted(defaults))}")
         default = defaults[key]
         resolved[key] = _coerce(f"{source}: method.{key}", value, default, raw.get(key) if isinstance(default, str) else None)
+    if "seed" in defaults and "seed" not in resolved:
+        # The method's own random streams (strong views, RPLE samples) follow the run's seed unless set, so
+        # seeds 0, 1, 2 of a grid differ in every stream, not only in data order and initialisation.
+        resolved["seed"] = int(cfg["seed"])
     for key, default in defaults.items():
         resolved.setdefault(key, copy.deepcopy(default))
     cfg["method"] = resolved

@@ -124,7 +124,7 @@ def run_demo(
         by_mode = {}
         for mode in ("prior", "prior_free"):
             log(f"[{method}] evaluating on {'+'.join(test_splits)} ({len(test)} sentences, {mode.replace('_', '-')})")
-            m = evaluate(trainer.method.eval_model(), test, trainer.processor, bank=bank, use_priors=mode == "prior",
+            m = evaluate(trainer.eval_network(), test, trainer.processor, bank=bank, use_priors=mode == "prior",
                          batch_size=cfg["train"]["eval_batch_size"], progress=sys.stderr.isatty(),
                          out_jsonl=out / f"samples_{method}_{mode}.jsonl")
             by_mode[mode] = {k: round(float(m[k]), 2) for k in METRIC_KEYS} | {"n": int(m["n"])}
@@ -176,7 +176,7 @@ def render_overlays(trainers: dict[str, Any], test: Any, bank: Any, path: Path, 
             tr = trainers[name]
             ids = [it["sample"].sample_id for it in items]
             prop, has = proposal_batch(bank, ids, tr.processor)
-            logits = predict_logits(tr.method.eval_model(), tr.processor, [it["image"] for it in items],
+            logits = predict_logits(tr.eval_network(), tr.processor, [it["image"] for it in items],
                                     [it["text"] for it in items], prop, has, None)
             masks = [m.numpy() for m in masks_at_original_size(logits, [it["mask"].shape for it in items], tr.processor)]
         for r, (it, mk) in enumerate(zip(items, masks)):

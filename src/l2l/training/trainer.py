@@ -43,6 +43,7 @@ from l2l.data.splits import make_split
 from l2l.errors import CheckpointError, ConfigError
 from l2l.evaluation.evaluator import evaluate
 from l2l.methods import build_method, get_method_class
+from l2l.methods.teacher import EMATeacher
 from l2l.model import ModelConfig, RESModel
 from l2l.training.batching import Collator, EpochSampler, SeededItems, move_batch
 from l2l.training.config import resolve_config, save_config
@@ -166,6 +167,11 @@ class Trainer:
             self.train_bank,
         )
         self._build_optimizer()
+        # One scoring rule for every trained method: an EMA of the student's weights (not a method's teacher, whose
+        # momentum is the method's own choice), so no method's number carries an averaging effect the others lack.
+        self.average: EMATeacher | None = None
+        if self.method.eval_model() is None:
+            self.average = EMATeacher(self.model, float(self.tcfg["ema_momentum"]))
         self.step = 0
         self.epoch = 0
         self.micro_done = 0  # micro-batches consumed in the current epoch
@@ -225,6 +231,18 @@ class Trainer:
         d = self.cfg["data"]
         self.priors: dict[str, Any] | None = None
         self.train_bank = self.val_bank = self.input_bank = None
+        self.candidates = None
+        if self.method_cls.needs_candidates:
+            from l2l.proposals.candidates import prepare_candidates
+
+            for rank_turn in (True, False):
+                if self.env.is_main == rank_turn:
+                    self.candidates = prepare_candidates(
+                        d["root"], self.train_id, self.model_config.image_size, self._shared_cache(),
+                        sam_checkpoint=d["sam_checkpoint"] or None, device=str(self.env.device),
+                        progress=self.env.is_main and sys.stderr.isatty())
+                if rank_turn:
+                    self.env.barrier()
         wanted = self.method_cls.needs_proposals or (self.model_config.use_sesm and d["proposal"] != "none")
         if not wanted:
             return
@@ -232,7 +250,7 @@ class Trainer:
             raise ConfigError(f"method {self.method_cls.name!r} needs proposals but data.proposal=none")
         from l2l.proposals import prepare_bank
 
-        shared = Path(d["cache_dir"]) if d["cache_dir"] else Path(d["root"]) / ".l2l_cache"
+        shared = self._shared_cache()
         kwargs = dict(
             method=d["proposal"], size=self.model_config.image_size, priors=d["priors"] or None,
             provider=d["priors_provider"], seed=d["priors_seed"], progress=self.env.is_main and sys.stderr.isatty(),
@@ -257,6 +275,10 @@ class Trainer:
             if rank_turn:
                 self.env.barrier()
 
+    def _shared_cache(self) -> Path:
+        d = self.cfg["data"]
+        return Path(d["cache_dir"]) if d["cache_dir"] else Path(d["root"]) / ".l2l_cache"
+
     def _build_optimizer(self) -> None:
         """AdamW without weight decay on norms and biases (1-d tensors), the visual encoder at
         `lr * backbone_lr_mult`, poly decay over `total_steps`."""
@@ -280,14 +302,16 @@ class Trainer:
             self.optimizer, lambda s: max(0.0, 1.0 - s / total) ** power
         )
 
-    def _loader(self, dataset: Dataset, sampler: EpochSampler, batch_size: int, drop_last: bool, flip: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: EpochSampler, batch_size: int, drop_last: bool, flip: bool,
+                candidates: Any = None) -> DataLoader:
         # An own generator keeps DataLoader from drawing on the global torch RNG (that would shift dropout on resume).
         g = torch.Generator().manual_seed(int(self.cfg["seed"]) * 7919 + sampler.epoch)
         return DataLoader(
             SeededItems(dataset), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
             num_workers=self.tcfg["num_workers"], generator=g,
             collate_fn=Collator(self.processor, bank=self.input_bank, priors=self.priors, flip=flip,
-                                label_bank=self.train_bank if self.train_bank is not self.input_bank else None),
+                                label_bank=self.train_bank if self.train_bank is not self.input_bank else None,
+                                candidates=candidates),
             persistent_workers=False,
         )
 
@@ -299,7 +323,8 @@ class Trainer:
         while True:
             self.sampler_u.set_epoch(u_epoch)
             self.sampler_u.set_start(pos * ubs)
-            yield from self._loader(self.unlabelled, self.sampler_u, ubs, self.u_drop_last, self.tcfg["weak_flip"])
+            yield from self._loader(self.unlabelled, self.sampler_u, ubs, self.u_drop_last, self.tcfg["weak_flip"],
+                                    self.candidates)
             u_epoch, pos = u_epoch + 1, 0
 
     # ------------------------------------------------------------------ distributed helpers
@@ -327,7 +352,7 @@ class Trainer:
         """Average floating-point buffers (BatchNorm statistics) so every rank evaluates and saves one model."""
         if not self.env.distributed:
             return
-        for module in {id(m): m for m in (self.model, self.method.eval_model())}.values():
+        for module in {id(m): m for m in (self.model, self.eval_network())}.values():
             for buf in module.buffers():
                 if buf.is_floating_point():
                     dist.all_reduce(buf)
@@ -347,6 +372,7 @@ class Trainer:
         return {
             "model": {k: v for k, v in self.model.state_dict().items() if k not in frozen},
             "method": self.method.state_dict(),
+            "average": self.average.state_dict() if self.average is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
@@ -388,6 +414,8 @@ class Trainer:
             raise CheckpointError(f"{path}: model weights do not match the config (missing {sorted(missing)[:3]}, "
                                   f"unexpected {sorted(unexpected)[:3]})")
         self.method.load_state_dict(state["method"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.micro_done = int(state["step"]), int(state["epoch"]), int(state["micro_done"])
@@ -418,12 +446,18 @@ class Trainer:
             atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     # ------------------------------------------------------------------ validation and saving
-    def _eval_net(self) -> nn.Module:
-        return self.method.eval_model()
+    def eval_network(self) -> nn.Module:
+        """What is validated, saved and scored: the method's own network (prior_only), else the student's EMA."""
+        own = self.method.eval_model()
+        if own is not None:
+            return own
+        assert self.average is not None
+        self.average.follow_device(self.model)
+        return self.average.module
 
     def validate(self) -> dict[str, Any]:
         """Metrics on the validation set: prior-free, and with priors when the model uses SESM and there is a bank."""
-        net = self._eval_net()
+        net = self.eval_network()
         amp = torch.bfloat16 if self.tcfg["bf16"] else None
         progress = self.env.is_main and sys.stderr.isatty()
         result: dict[str, Any] = {}
@@ -466,7 +500,7 @@ class Trainer:
         is_best = score > self.best["score"]
         if is_best:
             self.best = {"score": score, "epoch": self.epoch, "step": self.step, "metrics": val}
-        net = self._eval_net()
+        net = self.eval_network()
         if self.env.is_main and hasattr(net, "save_pretrained"):  # prior_only has no network of its own
             card = self._card(val)
             if is_best:
@@ -603,6 +637,8 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.method.after_optimizer_step(self.step)
+                if self.average is not None:
+                    self.average.update(self.model, self.step)
                 self.step += 1
                 steps_this_run += 1
                 if self.step % tr["log_every"] == 0:
