@@ -90,6 +90,7 @@ def test_sampler_is_a_function_of_seed_and_epoch_and_skips_exactly() -> None:
 @dataclass
 class _Sample:
     sample_id: str
+    image_id: int = 0
 
 
 class _Processor:

@@ -16,7 +16,8 @@ from l2l.errors import ConfigError
 from l2l.methods.base import Method, StepOutput
 from l2l.methods.supervised import SupervisedMethod
 from l2l.methods.fixmatch import FixMatchMethod
-from l2l.methods.l2l import L2LMethod, L2LNoEvolveMethod, L2LNoRPLEMethod, L2LNoSESMMethod
+from l2l.methods.l2l import (L2LClassifierMethod, L2LMethod, L2LNoEvolveMethod, L2LNoRPLEMethod,
+                             L2LNoSESMMethod)
 from l2l.methods.prior_label import PriorLabelMethod
 from l2l.methods.prior_only import PriorOnlyMethod
 from l2l.methods.semires import SemiRESMethod, SemiRESMLLMMethod
@@ -30,6 +31,7 @@ METHODS: dict[str, type[Method]] = {
     "semires_mllm": SemiRESMLLMMethod,
     "l2l": L2LMethod,
     "l2l_no_rple": L2LNoRPLEMethod,
+    "l2l_classifier": L2LClassifierMethod,
     "l2l_no_sesm": L2LNoSESMMethod,
     "l2l_no_evolve": L2LNoEvolveMethod,
 }

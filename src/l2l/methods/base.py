@@ -47,6 +47,10 @@ class Method:
         """Called on every rank after each epoch (self-evolution lives here); returns scalars to log."""
         return {}
 
+    def evolves_at(self, step: int) -> bool:
+        """Whether `on_epoch_end` at `step` will rewrite the proposal bank (the trainer scores it around that)."""
+        return False
+
     def eval_model(self) -> nn.Module | None:
         """A network of the method's own to evaluate instead of the student (prior_only's proposal-as-logits);
         None, the default, means the one scoring rule of every trained method: the trainer's weight average

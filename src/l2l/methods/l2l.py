@@ -1,250 +1,313 @@
-"""L2L: candidate labels from teacher + evolving prior, RPLE acceptance, self-evolving proposals (stages 4-6).
+"""L2L: per-sample label sources chosen by RPLE, utility-rewarded, on cross-fitted proxy episodes; labels that evolve.
 
 One training step (the cost is designed to stay within 2.5x a supervised step):
-1. one teacher forward without grad on [labelled (proxy episode); unlabelled weak view];
-2. one student forward with grad on [labelled; unlabelled strong view];
-3. candidate labels `yhat = [a p + (1 - a) q > 0.5]`, `a` annealed from `alpha_start` (trust the prior) to
-   `alpha_end` (trust the teacher); samples without a proposal use the teacher alone;
-4. RPLE on an S/factor grid: state -> K sampled acceptance masks per image -> rewards:
-   label reward on the proxy (labelled) images, scored against ground truth that never enters the state;
-   utility reward on the unlabelled images, the first-order change of the labelled loss after a step on the
-   accepted pixels, `<grad L_l, -grad L_u(a)>`, restricted to the network's final classifier (`refine.head`, or
-   `decoder.head` without a refine head)
-   and computed for all pixels at once by a double-backward directional derivative;
-   -> group-normalised advantage -> one Adam step of the policy;
-5. student loss `L = L_sup + lambda_u(t) L_unsup(yhat; greedy acceptance) + lambda_g [L_guide(r_l, GT) +
-   ramp(t) L_guide(r_u, yhat; greedy acceptance)]`.
-At `evolve_rounds` points spread over training, `on_epoch_end` rewrites the proposal bank: `q <- (1 - mu) q + mu p_teacher` on the
-greedily accepted pixels (stage 6) and logs pseudo-label IoU on the proxy set. The evolving bank is the run's own copy
-and feeds the candidate labels (`label_proposal`); the network's input stays the MLLM's proposal, as at test time.
+1. one teacher forward without grad on [labelled; unlabelled weak view]; one student forward with grad on
+   [labelled; unlabelled strong view];
+2. cross-fitting: the labelled images fall into `proxy_folds` folds by image id; the fold whose turn it is
+   (rotating every `total_steps / (2 * folds)` steps) is left out of the supervised loss and serves as proxy
+   episodes, so the teacher's states there look like those on unlabelled images, not like memorised ones;
+3. for every sample, the labels each action would teach (`rple.ACTIONS`: the evolving proposal q, the teacher p, the
+   mixture a p + (1 - a) q, none) and the sample's state;
+4. rewards: on the proxy rows, each label's IoU with the ground truth minus `rple_cost`; on the unlabelled rows, each
+   label's utility, the first-order decrease of the labelled loss (CE + Dice) after an SGD step on that label,
+   `<grad L_l, grad L_u(label)>`, over the output layers (`utility_parameters`); one RPLE policy step;
+5. student loss `L = L_sup(held-in labelled) + lambda_u(t) L_u(soft label of the greedy action) + lambda_g [L_guide on
+   both]`; no label for a sample the policy rejects or whose prior failed.
+Self-evolution (`evolve_rounds` rounds from `evolve_start` on): the greedy decision rewrites the label bank where it
+chooses the teacher or the mixture, `q <- (1 - mu) q + mu label`; the round is first scored on the labelled proxy
+set, and the unlabelled labels are written only if it did not lower the proxy labels' IoU (the evidence).
+The network's input stays the MLLM's proposal, as at test time; the evolving bank feeds the labels only.
+
+Ablations: `l2l_no_rple` (mixture label, pixels kept where `max(m, 1 - m) >= fixed_threshold`, tune it on val),
+`l2l_classifier` (the same state and actions, a BCE classifier on proxy correctness instead of RL and utility),
+`l2l_no_evolve`, `l2l_no_sesm`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from l2l.errors import ConfigError
 from l2l.methods.base import StepOutput
-from l2l.methods.rple import RPLE, build_state, label_reward_map
-from l2l.methods.semi import (TeacherStudentMethod, binary_iou, check_unlabelled, has_proposal_weight, join_inputs,
-                              sigmoid_rampup)
+from l2l.methods.rple import (ACTIONS, MIXTURE, REJECT, RPLE, BCESelector, action_labels, label_quality, mask_iou,
+                              sample_state, with_reject)
+from l2l.methods.semi import TeacherStudentMethod, check_unlabelled, has_proposal_weight, join_inputs, sigmoid_rampup
 from l2l.methods.teacher import unwrap
 
 
 def candidate_label(p: torch.Tensor, q: torch.Tensor, has_proposal: torch.Tensor,
                     alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(m, yhat)`: the mixture `m = a p + (1 - a) q` (teacher alone where there is no proposal) and `m > 0.5`."""
+    """`(m, m > 0.5)`: the mixture `m = a p + (1 - a) q` (teacher alone where there is no proposal)."""
     has = has_proposal.to(p.device).bool().view(-1, 1, 1, 1)
     m = torch.where(has, alpha * p + (1.0 - alpha) * q.to(p.device).float(), p)
     return m, m > 0.5
 
 
-def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The last layer before the mask logits, where the utility reward's gradients are taken: `refine.head` when the
-    network has a refine head, else `decoder.head`. The last layer keeps the double backward cheap (through the
-    refine head it made an l2l step 6x a supervised one instead of ~2.5x)."""
+def utility_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The output layers where the utility's gradients are taken: the refine head's last conv, the decoder's two
+    heads (prior-free and the correction of logit(q)) and the proposal's logit scale. Output layers keep the
+    double backward cheap; taking both decoder heads and the refine head covers every path to the logits."""
     net = unwrap(model)
-    owner = getattr(net, "refine", None)
-    if owner is None:
-        owner = getattr(net, "decoder", None)
-    head = getattr(owner, "head", None)
-    if not isinstance(head, nn.Module):
-        raise ConfigError("method l2l: the model has no `refine.head` or `decoder.head` for RPLE's utility reward; "
+    params: list[nn.Parameter] = []
+    for owner, name in ((getattr(net, "refine", None), "head"), (getattr(net, "decoder", None), "head"),
+                        (getattr(net, "decoder", None), "prior_head")):
+        module = getattr(owner, name, None) if owner is not None else None
+        if isinstance(module, nn.Module):
+            params += [p for p in module.parameters() if p.requires_grad]
+    scale = getattr(net, "prior_out_scale", None)
+    if isinstance(scale, nn.Parameter) and scale.requires_grad:
+        params.append(scale)
+    if not params:
+        raise ConfigError("method l2l: the model has no output heads for RPLE's utility reward; "
                           "set method.utility_weight=0 to train without it")
-    return [p for p in head.parameters() if p.requires_grad]
+    return params
 
 
-def label_proposal(batch: dict) -> torch.Tensor:
-    """The evolving proposal that feeds candidate labels: `label_proposal` when the trainer keeps an evolving bank
-    beside the network's input proposals, else the input proposal itself."""
-    return batch.get("label_proposal", batch["proposal"])
+def per_sample_loss_grad(logits: torch.Tensor, labels: torch.Tensor, ce_weight: float, dice_weight: float,
+                         smooth: float = 1.0) -> torch.Tensor:
+    """`d L_b(y) / d z` for every sample b and every label y: `[B, A, S, S]` from logits `[B, 1, S, S]` and labels
+    `[B, A, S, S]`, where `L_b(y) = ce * mean_i BCE(z_i, y_i) + dice * SoftDice(z, y)` (the loss of that one sample
+    with that label, as `losses.ce_dice` computes it for one sample)."""
+    s = torch.sigmoid(logits.float())
+    n = float(s[0].numel())
+    grad = ce_weight * (s - labels) / n
+    if dice_weight:
+        inter = (s * labels).flatten(2).sum(-1)[..., None, None]
+        denom = s.flatten(2).sum(-1)[..., None, None] + labels.flatten(2).sum(-1)[..., None, None] + smooth
+        d_prob = -(2.0 * labels * denom - (2.0 * inter + smooth)) / denom**2
+        grad = grad + dice_weight * d_prob * s * (1.0 - s)
+    return grad
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def label_proposal(batch: dict) -> torch.Tensor:
+    """The evolving proposal that feeds labels: `label_proposal` when the trainer keeps an evolving bank beside the
+    network's input proposals, else the input proposal itself."""
+    return batch.get("label_proposal", batch["proposal"])
+
+
 class L2LMethod(TeacherStudentMethod):
     """The full method; the ablations below switch one part off through class attributes."""
 
     name: ClassVar[str] = "l2l"
-    use_rple: ClassVar[bool] = True  # False: fixed-threshold acceptance (l2l_no_rple)
-    evolve: ClassVar[bool] = True  # False: the proposal bank is never rewritten (l2l_no_evolve)
+    selector: ClassVar[str] = "rple"  # rple | classifier | threshold
+    evolve: ClassVar[bool] = True  # False: the label bank is never rewritten (l2l_no_evolve)
     model_overrides: ClassVar[dict[str, Any]] = {}  # ModelConfig fields the trainer must set (l2l_no_sesm)
     defaults: ClassVar[dict[str, Any]] = {
         **TeacherStudentMethod.defaults,
-        "alpha_start": 0.3,  # candidate-label weight of the teacher at step 0 (< 0.5: the prior decides)
-        "alpha_end": 0.8,  # ... at the end of annealing (> 0.5: the teacher decides)
+        "alpha_start": 0.3,  # teacher weight of the mixture label at step 0
+        "alpha_end": 0.7,  # ... at the end of annealing
         "alpha_anneal": 0.5,  # fraction of training over which alpha moves linearly from start to end
-        "rple_factor": 4,  # the policy decides per factor x factor block (S/4 grid)
-        "rple_samples": 4,  # K acceptance masks sampled per image
-        "rple_beta": 2.0,  # label reward (TP - beta FP)/N: accept a pixel when P(right) > beta/(1+beta)
-        "rple_balance": True,  # label reward: foreground and background candidates weigh half each
+        "rple_samples": 8,  # K actions sampled per sample for the group advantage
+        "rple_cost": 0.5,  # a label earns its proxy IoU minus this (rejecting earns 0)
         "rple_entropy": 0.01,  # entropy bonus of the policy
-        "rple_logit_reg": 0.005,  # L2 penalty on policy logits: keeps decisions from saturating (|logit| ~ 4)
-        "rple_lr": 1e-3,  # Adam learning rate of the policy
-        "rple_width": 32,  # channels of the policy's conv net
-        "rple_init_accept": 0.6,  # initial acceptance probability of every pixel (only with rple_rule_init off)
-        "rple_rule_init": True,  # start from "accept where teacher and proposal agree" (see AcceptancePolicy)
-        "rple_credit": "pixel",  # "pixel" (per-decision parts of the GRPO advantage) or "image" (plain GRPO)
-        "utility_weight": 0.5,  # weight of the utility advantage next to the label advantage (0 = off)
-        "proxy_every": 2,  # proxy episode (extra teacher forward on the labelled batch) every N steps
-        "fixed_threshold": 0.9,  # l2l_no_rple: accept where max(m, 1 - m) >= this
-        "evolve_rounds": 1,  # self-evolution rounds over the run (0 = never), evenly spaced in steps ...
-        "evolve_start": 0.5,  # ... from this fraction of the training steps on (a round is a pass over D_u:
-                              # on CPU schedules of a few hundred steps one round costs about half the training)
-        "evolve_mu": 0.5,  # q <- (1 - mu) q + mu p on accepted pixels
-        "evolve_labelled": True,  # also evolve labelled samples' proposals (their proxy-episode candidate labels)
+        "rple_lr": 3e-3,  # Adam learning rate of the policy (and of the classifier ablation)
+        "rple_width": 32,  # hidden width of the policy MLP
+        "utility_weight": 1.0,  # weight of the (batch-normalised) utility reward on unlabelled rows (0 = off)
+        "proxy_folds": 4,  # cross-fitting folds of the labelled images (1 = no hold-out: every labelled row is proxy)
+        "fixed_threshold": 0.9,  # l2l_no_rple: accept mixture pixels where max(m, 1 - m) >= this
+        "evolve_rounds": 3,  # self-evolution rounds over the run (0 = never), evenly spaced in steps ...
+        "evolve_start": 0.3,  # ... from this fraction of the training steps on
+        "evolve_mu": 1.0,  # q <- (1 - mu) q + mu label where the decision picks the teacher or the mixture
     }
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
         super().__init__(model, cfg, total_steps, bank)
         c = self.cfg
-        if c["rple_credit"] not in ("pixel", "image"):
-            raise ConfigError(f"method.rple_credit={c['rple_credit']!r}: expected 'pixel' or 'image'")
-        self.factor = int(c["rple_factor"])
-        self.rple = RPLE(factor=self.factor, samples=int(c["rple_samples"]), beta=float(c["rple_beta"]),
-                         entropy_coef=float(c["rple_entropy"]), logit_reg=float(c["rple_logit_reg"]),
-                         lr=float(c["rple_lr"]), width=int(c["rple_width"]),
-                         init_accept=float(c["rple_init_accept"]), rule_init=bool(c["rple_rule_init"]),
-                         credit=str(c["rple_credit"]),
-                         seed=int(c["seed"])) if self.use_rple else None
-        self.utility = self.use_rple and float(c["utility_weight"]) > 0
-        self.head = head_parameters(model) if self.utility else []
+        self.rple: RPLE | BCESelector | None = None
+        if self.selector == "rple":
+            self.rple = RPLE(samples=int(c["rple_samples"]), entropy_coef=float(c["rple_entropy"]),
+                             lr=float(c["rple_lr"]), width=int(c["rple_width"]), seed=int(c["seed"]))
+        elif self.selector == "classifier":
+            self.rple = BCESelector(lr=float(c["rple_lr"]), width=int(c["rple_width"]), seed=int(c["seed"]))
+        self.utility = self.selector == "rple" and float(c["utility_weight"]) > 0
+        self.head = utility_parameters(model) if self.utility else []
+        if int(c["proxy_folds"]) < 1:
+            raise ConfigError(f"method.proxy_folds={c['proxy_folds']} must be at least 1")
         self.history: list[dict[str, float]] = []  # one entry per self-evolution round
 
     # -- schedules --------------------------------------------------------------------------------------------
     def alpha(self, step: int) -> float:
-        """Teacher weight of the candidate label: linear from alpha_start to alpha_end, then constant."""
+        """Teacher weight of the mixture label: linear from alpha_start to alpha_end, then constant."""
         span = float(self.cfg["alpha_anneal"]) * self.total_steps
         t = 1.0 if span <= 0 else min(max(step / span, 0.0), 1.0)
         return float(self.cfg["alpha_start"]) + t * (float(self.cfg["alpha_end"]) - float(self.cfg["alpha_start"]))
 
-    # -- acceptance -------------------------------------------------------------------------------------------
-    def state(self, batch: dict, p: torch.Tensor, student: torch.Tensor, yhat: torch.Tensor) -> torch.Tensor:
-        return build_state(p, label_proposal(batch), student, yhat, batch["boxes"], batch["prior_conf"],
-                           batch["has_proposal"], self.factor)
+    def proxy_rows(self, batch_l: dict, step: int) -> torch.Tensor:
+        """bool `[B_l]`: the labelled rows held out of the supervised loss at `step` (proxy episodes)."""
+        folds = int(self.cfg["proxy_folds"])
+        n = batch_l["pixel_values"].shape[0]
+        if folds == 1 or self.rple is None:
+            return torch.ones(n, dtype=torch.bool) if self.rple is not None else torch.zeros(n, dtype=torch.bool)
+        ids = batch_l.get("image_ids")
+        if ids is None:
+            raise ConfigError("method l2l with proxy_folds > 1 needs `image_ids` in the labelled batch")
+        period = max(1, self.total_steps // (2 * folds))
+        return (ids.cpu().long() % folds) == (step // period) % folds
 
-    def upsample(self, decisions: torch.Tensor) -> torch.Tensor:
-        """Block decisions `[B,1,h,w]` -> pixel weights `[B,1,S,S]`."""
-        return F.interpolate(decisions.float(), scale_factor=self.factor, mode="nearest")
+    # -- labels -----------------------------------------------------------------------------------------------
+    def state(self, batch: dict, p: torch.Tensor, student: torch.Tensor, step: int) -> torch.Tensor:
+        return sample_state(p, label_proposal(batch), student, batch["boxes"], batch["prior_conf"],
+                            batch["has_proposal"], min(1.0, step / self.total_steps))
 
-    def fixed_acceptance(self, m: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(m, 1.0 - m) >= float(self.cfg["fixed_threshold"])
+    def decide(self, batch: dict, p: torch.Tensor, student: torch.Tensor, step: int) -> torch.Tensor:
+        """Greedy action per sample `[B]` (`rple.ACTIONS` indices); the mixture for the threshold ablation."""
+        if self.rple is None:
+            return torch.full((p.shape[0],), MIXTURE, dtype=torch.long, device=p.device)
+        self.rple.to(p.device)
+        return self.rple.decide(self.state(batch, p, student, step))
 
-    def utility_values(self, loss_sup: torch.Tensor, logits_u: torch.Tensor, yhat_u: torch.Tensor) -> torch.Tensor:
-        """Per-decision utility `[B_u,1,h,w]`: summed over accepted decisions, `<grad_h L_l, -grad_h L_u(a)>`.
+    def pseudo_labels(self, batch: dict, p: torch.Tensor, decisions: torch.Tensor,
+                      step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(soft target [B,1,S,S], weight [B,1,S,S])` of the chosen sources; weight 0 where rejected or the prior
+        failed; with the threshold ablation, the mixture kept where it is confident."""
+        labels = action_labels(p, label_proposal(batch), self.alpha(step))
+        pick = decisions.clamp_max(labels.shape[1] - 1).to(p.device)
+        target = labels[torch.arange(p.shape[0], device=p.device), pick][:, None]
+        weight = (decisions != REJECT).to(p.device).float().view(-1, 1, 1, 1).expand_as(target).clone()
+        if self.rple is None:
+            weight = weight * (torch.maximum(target, 1.0 - target) >= float(self.cfg["fixed_threshold"])).float()
+        return target, weight * has_proposal_weight(batch, target)
 
-        With per-pixel BCE, `grad_h L_u(a) = sum_i a_i (sigmoid(z_i) - y_i) dz_i/dh / N`, so the reward is linear in
-        the acceptance and needs only the directional derivative `dz_i/dh . grad_h L_l` for every pixel: one
-        vector-Jacobian product with a dummy cotangent `w`, then its gradient with respect to `w`.
-        """
-        g_l = torch.autograd.grad(loss_sup, self.head, retain_graph=True)
+    def utility_values(self, loss_sup: torch.Tensor, logits_u: torch.Tensor, labels_u: torch.Tensor) -> torch.Tensor:
+        """`[B_u, A]`: `<grad L_l, grad L_b(label)>` for every unlabelled sample b and label source, over
+        `utility_parameters`. Positive: a step on that label lowers the labelled loss (to first order, by `lr` times
+        this). Linear in the loss's logit gradient, so one directional derivative `dz/dtheta . grad L_l` serves
+        every sample and source: a vector-Jacobian product with a dummy cotangent `w`, then its gradient in `w`."""
+        g_l = torch.autograd.grad(loss_sup, self.head, retain_graph=True, allow_unused=True)
+        g_l = [torch.zeros_like(p) if g is None else g for p, g in zip(self.head, g_l)]
         w = torch.zeros_like(logits_u, requires_grad=True)
-        vjp = torch.autograd.grad(logits_u, self.head, grad_outputs=w, retain_graph=True, create_graph=True)
-        directional = torch.autograd.grad(sum((a * b).sum() for a, b in zip(vjp, g_l)), w)[0]
-        influence = -(torch.sigmoid(logits_u.detach().float()) - yhat_u.float()) * directional.detach().float()
-        h = logits_u.shape[-1] // self.factor
-        return F.avg_pool2d(influence, self.factor) / float(h * h)
+        vjp = torch.autograd.grad(logits_u, self.head, grad_outputs=w, retain_graph=True, create_graph=True,
+                                  allow_unused=True)
+        inner = sum((a * b).sum() for a, b in zip(vjp, g_l) if a is not None)
+        if not isinstance(inner, torch.Tensor) or not inner.requires_grad:
+            return logits_u.new_zeros(logits_u.shape[0], labels_u.shape[1])
+        directional = torch.autograd.grad(inner, w)[0].detach().float()
+        e = per_sample_loss_grad(logits_u.detach(), labels_u, float(self.cfg["ce_weight"]),
+                                 float(self.cfg["dice_weight"]))
+        return (e * directional).flatten(2).sum(-1)
 
     # -- the step ---------------------------------------------------------------------------------------------
     def train_step(self, batch_l: dict, batch_u: dict | None, step: int) -> StepOutput:
         batch_u = check_unlabelled(batch_u, self.name)
         device = batch_l["pixel_values"].device
-        if self.rple is not None:
-            self.rple.to(device)
         n_l = batch_l["pixel_values"].shape[0]
-        proxy = self.use_rple and step % max(1, int(self.cfg["proxy_every"])) == 0
         self.teacher.follow_device(self.model)
-        if proxy:
-            joined = join_inputs(self.inputs(batch_l), self.inputs(batch_u))
-            p_all = torch.sigmoid(self.teacher(**joined)["logits"].float())
-            p_l, p_u = p_all[:n_l], p_all[n_l:]
-        else:
-            p_u = self.teacher_probs(batch_u)
+        p_all = torch.sigmoid(self.teacher(**join_inputs(self.inputs(batch_l), self.inputs(batch_u)))["logits"].float())
+        p_l, p_u = p_all[:n_l], p_all[n_l:]
         out_l, out_u = self.student_joined(batch_l, batch_u, self.views.strong(batch_u["pixel_values"]))
-        loss_sup_total, logs = self.supervised(out_l, batch_l)
-        # The utility reward differentiates the labelled loss of the mask logits alone (not L_guide).
-        loss_sup_logits = self.seg_loss(out_l["logits"], batch_l["mask"].to(device).float()) if self.utility else None
-
-        a = self.alpha(step)
-        m_u, yhat_u = candidate_label(p_u, label_proposal(batch_u), batch_u["has_proposal"], a)
+        proxy = self.proxy_rows(batch_l, step).to(device)
+        if self.rple is None or int(self.cfg["proxy_folds"]) == 1 or not bool(proxy.any()):
+            loss, logs = self.supervised(out_l, batch_l)
+        else:  # the proxy fold is out of the supervised loss
+            loss, logs = self.supervised_weighted(out_l, batch_l, (~proxy).float().view(-1, 1, 1, 1))
         logits_u = out_u["logits"]
+        student_u = torch.sigmoid(logits_u.detach().float())
+        logs["rple/proxy_rows"] = float(proxy.float().sum())
         if self.rple is not None:
-            accept_u, rple_logs = self._rple_step(batch_l, batch_u, out_l, logits_u, p_u, yhat_u,
-                                                  p_l if proxy else None, loss_sup_logits, a)
-            logs.update(rple_logs)
-        else:
-            accept_u = self.fixed_acceptance(m_u)
-        weight_u = accept_u.float() * has_proposal_weight(batch_u, logits_u)
-        target_u = m_u  # soft: the mixture itself, not its 0.5-threshold
+            logs.update(self._selector_step(batch_l, batch_u, out_l, logits_u, p_l, p_u, proxy, step))
+        decisions = self.decide(batch_u, p_u, student_u, step)
+        target_u, weight_u = self.pseudo_labels(batch_u, p_u, decisions, step)
         loss_u = self.unsup_loss(logits_u, target_u, weight_u, batch_u)
         lam = self.lambda_u(step)
-        loss = loss_sup_total + lam * loss_u
+        loss = loss + lam * loss_u
         refined_u, lambda_g = out_u.get("refined"), float(self.cfg["lambda_g"])
-        if refined_u is not None and lambda_g > 0:
-            w_g = weight_u
-            if bool(w_g.any()):
-                ramp = sigmoid_rampup(step, float(self.cfg["rampup"]) * self.total_steps)
-                loss_guide_u = self.seg_loss(refined_u, target_u, w_g)
-                loss = loss + lambda_g * ramp * loss_guide_u
-                logs["loss_guide_u"] = float(loss_guide_u.detach())
-        logs.update({"loss_unsup": float(loss_u.detach()), "lambda_u": lam, "alpha": a,
+        if refined_u is not None and lambda_g > 0 and bool((weight_u > 0).any()):
+            ramp = sigmoid_rampup(step, float(self.cfg["rampup"]) * self.total_steps)
+            loss_guide_u = self.unsup_loss(refined_u, target_u, weight_u, batch_u)
+            loss = loss + lambda_g * ramp * loss_guide_u
+            logs["loss_guide_u"] = float(loss_guide_u.detach())
+        has = batch_u["has_proposal"].to(device).bool()
+        for k, name in enumerate(ACTIONS):
+            logs[f"rple/chose_{name}"] = float(((decisions == k) & has).float().sum() / has.float().sum().clamp_min(1))
+        logs.update({"loss_unsup": float(loss_u.detach()), "lambda_u": lam, "alpha": self.alpha(step),
                      "accept_rate": float(weight_u.mean()), "loss": float(loss.detach())})
         return StepOutput(loss=loss, logs=logs)
 
-    def _rple_step(self, batch_l: dict, batch_u: dict, out_l: dict, logits_u: torch.Tensor, p_u: torch.Tensor,
-                   yhat_u: torch.Tensor, p_l: torch.Tensor | None, loss_sup: torch.Tensor | None,
-                   a: float) -> tuple[torch.Tensor, dict[str, float]]:
-        """One policy update on [proxy; unlabelled] states; returns greedy acceptance `[B_u,1,S,S]` and logs."""
-        f = self.factor
-        state_u = self.state(batch_u, p_u, torch.sigmoid(logits_u.detach().float()), yhat_u)
-        n_u, h = state_u.shape[0], state_u.shape[-1]
-        zeros_u = state_u.new_zeros(n_u, 1, h, h)
-        util_u = self.utility_values(loss_sup, logits_u, yhat_u) if loss_sup is not None else zeros_u
-        states, label_vals, util_vals, rows_label = [state_u], [zeros_u], [util_u], [torch.zeros(n_u, dtype=torch.bool)]
-        if p_l is not None:
-            gt = batch_l["mask"].to(p_l.device) > 0.5
-            _, yhat_l = candidate_label(p_l, label_proposal(batch_l), batch_l["has_proposal"], a)
-            state_l = self.state(batch_l, p_l, torch.sigmoid(out_l["logits"].detach().float()), yhat_l)
-            n_l = state_l.shape[0]
-            states.insert(0, state_l)
-            label_vals.insert(0, label_reward_map(yhat_l, gt, self.rple.beta, f, bool(self.cfg["rple_balance"])))
-            util_vals.insert(0, state_l.new_zeros(n_l, 1, h, h))
-            rows_label.insert(0, torch.ones(n_l, dtype=torch.bool))
-        rows_l = torch.cat(rows_label).to(state_u.device)
-        parts = {"label": (torch.cat(label_vals), 1.0, rows_l)}
-        if self.utility:
-            parts["utility"] = (torch.cat(util_vals), float(self.cfg["utility_weight"]), ~rows_l)
-        probs, logs = self.rple.update(torch.cat(states), parts)
-        greedy = probs > 0.5
-        accept_u = self.upsample(greedy[-n_u:]) > 0.5
-        logs["rple/accept_rate_u"] = float(accept_u.float().mean())
-        if p_l is not None:
-            logs.update(proxy_quality(self.upsample(greedy[: len(greedy) - n_u]) > 0.5, yhat_l, gt))
-        return accept_u, logs
+    def supervised_weighted(self, out_l: dict, batch_l: dict, keep: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """`L_sup + lambda_g L_guide` on the rows with `keep` 1 (the held-in folds)."""
+        target = batch_l["mask"].to(out_l["logits"].device).float()
+        w = keep.to(target.device).expand_as(target)
+        loss_sup = self.seg_loss(out_l["logits"], target, w)
+        loss, logs = loss_sup, {"loss_sup": float(loss_sup.detach())}
+        refined, lambda_g = out_l.get("refined"), float(self.cfg["lambda_g"])
+        if refined is not None and lambda_g > 0:
+            w_g = w * has_proposal_weight(batch_l, refined)
+            if bool(w_g.any()):
+                loss_guide = self.seg_loss(refined, target, w_g)
+                loss = loss + lambda_g * loss_guide
+                logs["loss_guide_l"] = float(loss_guide.detach())
+        return loss, logs
+
+    def _selector_step(self, batch_l: dict, batch_u: dict, out_l: dict, logits_u: torch.Tensor, p_l: torch.Tensor,
+                       p_u: torch.Tensor, proxy: torch.Tensor, step: int) -> dict[str, float]:
+        """One update of the policy (or classifier) from proxy and unlabelled rows with a proposal."""
+        assert self.rple is not None
+        device = p_u.device
+        self.rple.to(device)
+        a = self.alpha(step)
+        cost = float(self.cfg["rple_cost"])
+        logs: dict[str, float] = {}
+        states, rewards = [], []
+        has_l = batch_l["has_proposal"].to(device).bool() & proxy
+        gt = batch_l["mask"].to(device) > 0.5
+        quality_l = None
+        if bool(has_l.any()):
+            rows = {k: (v[has_l] if isinstance(v, torch.Tensor) and v.shape[:1] == has_l.shape else v)
+                    for k, v in batch_l.items() if k != "sample_ids"}
+            p_h = p_l[has_l]
+            student_l = torch.sigmoid(out_l["logits"].detach().float())[has_l]
+            labels_l = action_labels(p_h, label_proposal(rows), a)
+            quality_l = label_quality(labels_l, gt[has_l])
+            states.append(self.state(rows, p_h, student_l, step))
+            rewards.append(with_reject(quality_l - cost))
+            logs["rple/proxy_best_iou"] = float(quality_l.max(1).values.mean())
+        if isinstance(self.rple, BCESelector):
+            if quality_l is not None:
+                logs.update(self.rple.update(states[0], quality_l > cost))
+                logs.update(self._proxy_logs(states[0], quality_l))
+            return logs
+        has_u = batch_u["has_proposal"].to(device).bool()
+        if self.utility and bool(has_u.any()):
+            loss_sup = self.seg_loss(out_l["logits"], gt.float())  # the labelled loss the utility is measured on
+            labels_u = action_labels(p_u, label_proposal(batch_u), a)
+            util = self.utility_values(loss_sup, logits_u, labels_u)[has_u]
+            scale = util.std() if util.numel() > 1 else util.abs().mean()
+            util = util / (scale + 1e-12)
+            state_u = self.state(batch_u, p_u, torch.sigmoid(logits_u.detach().float()), step)[has_u]
+            states.append(state_u)
+            rewards.append(with_reject(float(self.cfg["utility_weight"]) * util))
+            logs["rple/utility_best_share"] = float((util.argmax(1) == MIXTURE).float().mean())
+            logs["rple/utility_positive"] = float((util > 0).float().mean())
+        if states:
+            logs.update(self.rple.update(torch.cat(states), torch.cat(rewards)))
+        if quality_l is not None:
+            logs.update(self._proxy_logs(states[0], quality_l))
+        return logs
+
+    def _proxy_logs(self, state_l: torch.Tensor, quality_l: torch.Tensor) -> dict[str, float]:
+        """Quality of the greedy decision on the proxy rows: acceptance, the IoU of accepted labels, and the share
+        of rows where it picked a label at least as good as the best source minus 0.05."""
+        assert self.rple is not None
+        choice = self.rple.decide(state_l)
+        accepted = choice != REJECT
+        chosen = with_reject(quality_l).gather(1, choice.view(-1, 1))[:, 0]
+        good = quality_l.max(1).values > float(self.cfg["rple_cost"])
+        return {"rple/proxy_accept_rate": float(accepted.float().mean()),
+                "rple/proxy_accepted_iou": float(chosen[accepted].mean()) if bool(accepted.any()) else 0.0,
+                "rple/proxy_precision": float((good & accepted).float().sum() / accepted.float().sum().clamp_min(1)),
+                "rple/proxy_recall": float((good & accepted).float().sum() / good.float().sum().clamp_min(1)),
+                "rple/proxy_near_best": float((chosen >= quality_l.max(1).values - 0.05).float().mean())}
 
     # -- self-evolution ---------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def acceptance(self, batch: dict, p: torch.Tensor, student: torch.Tensor, m: torch.Tensor,
-                   yhat: torch.Tensor) -> torch.Tensor:
-        """Greedy acceptance `[B,1,S,S]` (policy, or fixed threshold without RPLE), only where a proposal exists."""
-        if self.rple is not None:
-            self.rple.to(p.device)
-            accept = self.upsample(self.rple.greedy(self.state(batch, p, student, yhat))) > 0.5
-        else:
-            accept = self.fixed_acceptance(m)
-        return accept & (has_proposal_weight(batch, p) > 0)
-
     def evolve_due(self, step: int) -> bool:
-        """Whether a round is due: round k (0-based) falls at step `total * (start + k (1 - start) / rounds)`.
-
-        Rounds are placed in steps, not epochs: at 1% labels a labelled epoch is a handful of steps, while a round
-        is a pass over every unlabelled sample, so epoch-based rounds would cost more than the training itself."""
+        """Whether a round is due: round k (0-based) falls at step `total * (start + k (1 - start) / rounds)`."""
         rounds = int(self.cfg["evolve_rounds"])
         k = len(self.history)
         if not self.evolve or rounds <= 0 or k >= rounds:
@@ -252,67 +315,71 @@ class L2LMethod(TeacherStudentMethod):
         start = float(self.cfg["evolve_start"])
         return step >= self.total_steps * (start + k * (1.0 - start) / rounds)
 
+    def evolves_at(self, step: int) -> bool:
+        return self.evolve_due(step)
+
+    @torch.no_grad()
     def on_epoch_end(self, epoch: int, context: dict[str, Any]) -> dict[str, float]:
-        """When a round is due (`evolve_due`): rewrite the bank from accepted teacher evidence; log label quality."""
-        if not self.evolve_due(int(context.get("step", self.total_steps))):
+        """When a round is due: rewrite the label bank from the greedy decisions, if the proxy set says it helps."""
+        step = int(context.get("step", self.total_steps))
+        if not self.evolve_due(step):
             return {}
         if self.bank is None:
             raise ConfigError(f"method {self.name!r}: self-evolution needs the proposal bank; "
                               "set method.evolve_rounds=0 to train without it")
         device = torch.device(context.get("device") or next(self.model.parameters()).device)
-        self.teacher.follow_device(self.model)
-        a = self.alpha(int(context.get("step", self.total_steps)))
-        mu = float(self.cfg["evolve_mu"])
         was_training = self.model.training
         self.model.eval()
-        eval_pseudo: Callable[[Any], dict[str, float]] | None = context.get("eval_pseudo")
         try:
             logs = {"evolve/round": float(len(self.history) + 1)}
-            if eval_pseudo is not None and not self.history:  # round 0: the MLLM's proposals, before any write
-                logs.update({f"evolve/hidden_before_{k}": float(v) for k, v in eval_pseudo(self.bank).items()})
-            logs.update(self._evolve(context.get("unlabelled_loader") or [], device, a, mu, labelled=False))
-            logs.update(self._evolve(context.get("proxy_loader") or [], device, a, mu, labelled=True))
+            proxy, proxy_writes = self._evolve(context.get("proxy_loader") or [], device, step, labelled=True)
+            logs.update(proxy)
+            helps = proxy.get("evolve/proxy_q_miou_after", 0.0) >= proxy.get("evolve/proxy_q_miou_before", 0.0)
+            logs["evolve/written"] = float(helps)
+            if helps:
+                unl, writes = self._evolve(context.get("unlabelled_loader") or [], device, step, labelled=False)
+                logs.update(unl)
+                for sample_id, label, accept in proxy_writes + writes:
+                    self.bank.update(sample_id, label, accept, float(self.cfg["evolve_mu"]))
+                self.bank.save()
         finally:
             self.model.train(was_training)
-        if eval_pseudo is not None:
-            logs.update({f"evolve/hidden_{k}": float(v) for k, v in eval_pseudo(self.bank).items()})
         self.history.append(logs)
         return logs
 
-    def _evolve(self, loader: Iterable[dict], device: torch.device, a: float, mu: float,
-                labelled: bool) -> dict[str, float]:
-        """Evolve one loader's proposals; on labelled data also score q before/after and the pseudo-label."""
-        n, accepted, pixels = 0, 0.0, 0.0
-        iou_before = iou_after = iou_pseudo = 0.0
-        write = not labelled or bool(self.cfg["evolve_labelled"])
+    def _evolve(self, loader: Iterable[dict], device: torch.device, step: int,
+                labelled: bool) -> tuple[dict[str, float], list[tuple[str, torch.Tensor, torch.Tensor]]]:
+        """Greedy decisions over one loader -> (logs, [(sample_id, label map, pixels to write)])."""
+        n, changed = 0, 0
+        iou_before = iou_after = 0.0
+        writes: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        mu = float(self.cfg["evolve_mu"])
         for raw in loader:
             batch = _to_device(raw if labelled else check_unlabelled(raw, self.name), device)
             p = self.teacher_probs(batch)
             student = torch.sigmoid(self.model(**self.inputs(batch))["logits"].float())
-            m, yhat = candidate_label(p, label_proposal(batch), batch["has_proposal"], a)
-            accept = self.acceptance(batch, p, student, m, yhat)
+            decisions = self.decide(batch, p, student, step)
+            target, weight = self.pseudo_labels(batch, p, decisions, step)
             q = label_proposal(batch).float()
-            q_new = torch.where(accept, (1.0 - mu) * q + mu * p, q)
-            if write:
-                for i, sample_id in enumerate(batch["sample_ids"]):
-                    self.bank.update(sample_id, p[i, 0].cpu().numpy(), accept[i, 0].cpu().numpy(), mu)
+            rows = (decisions == ACTIONS.index("teacher")) | (decisions == MIXTURE)  # the proposal stays elsewhere
+            accept = rows.to(device).view(-1, 1, 1, 1) & (weight > 0)
+            q_new = torch.where(accept, (1.0 - mu) * q + mu * target, q)
+            for i, sample_id in enumerate(batch["sample_ids"]):
+                if bool(accept[i].any()):
+                    writes.append((sample_id, target[i, 0].cpu(), accept[i, 0].cpu()))
+                    changed += 1
             n += p.shape[0]
-            accepted += float(accept.float().sum())
-            pixels += float(accept.numel())
             if labelled:
                 gt = batch["mask"] > 0.5
-                iou_before += float(binary_iou(q > 0.5, gt).sum())
-                iou_after += float(binary_iou(q_new > 0.5, gt).sum())
-                iou_pseudo += float(binary_iou(yhat & accept, gt & accept).sum())
+                iou_before += float(mask_iou(q > 0.5, gt).sum())
+                iou_after += float(mask_iou(q_new > 0.5, gt).sum())
         if n == 0:
-            return {}
+            return {}, []
         prefix = "evolve/proxy_" if labelled else "evolve/unlabelled_"
-        logs = {f"{prefix}accept_rate": accepted / max(pixels, 1.0)}
-        if labelled:
-            # mIoU in percent, as every other IoU the project reports
-            logs.update({f"{prefix}q_miou_before": 100 * iou_before / n, f"{prefix}q_miou_after": 100 * iou_after / n,
-                         f"{prefix}pseudo_miou_accepted": 100 * iou_pseudo / n})
-        return logs
+        logs = {f"{prefix}write_rate": changed / n}
+        if labelled:  # mIoU in percent, as every other IoU the project reports
+            logs.update({f"{prefix}q_miou_before": 100 * iou_before / n, f"{prefix}q_miou_after": 100 * iou_after / n})
+        return logs, writes
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -328,27 +395,19 @@ class L2LMethod(TeacherStudentMethod):
         self.history = list(state.get("history", []))
 
 
-def proxy_quality(accept: torch.Tensor, yhat: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
-    """Pseudo-label quality on the proxy set under the given acceptance (all pixel counts over the batch).
-
-    `label_precision`: accepted pixels whose label is right; `fg_precision`/`fg_recall`: accepted foreground
-    labels that are object, and object pixels that got an accepted foreground label.
-    """
-    acc, y, g = accept.bool(), yhat.bool(), gt.bool()
-    fg = acc & y
-    return {
-        "rple/proxy_accept_rate": float(acc.float().mean()),
-        "rple/proxy_label_precision": float((acc & (y == g)).sum()) / max(float(acc.sum()), 1.0),
-        "rple/proxy_fg_precision": float((fg & g).sum()) / max(float(fg.sum()), 1.0),
-        "rple/proxy_fg_recall": float((fg & g).sum()) / max(float(g.sum()), 1.0),
-    }
-
-
 class L2LNoRPLEMethod(L2LMethod):
-    """Ablation: accept candidate labels where the mixture is confident (`fixed_threshold`), no policy."""
+    """Ablation: the mixture label on pixels where it is confident (`fixed_threshold`), no policy."""
 
     name: ClassVar[str] = "l2l_no_rple"
-    use_rple: ClassVar[bool] = False
+    selector: ClassVar[str] = "threshold"
+
+
+class L2LClassifierMethod(L2LMethod):
+    """Ablation: the same state and label sources, chosen by a BCE classifier of proxy correctness (no RL, no
+    utility reward)."""
+
+    name: ClassVar[str] = "l2l_classifier"
+    selector: ClassVar[str] = "classifier"
 
 
 class L2LNoSESMMethod(L2LMethod):
@@ -359,7 +418,7 @@ class L2LNoSESMMethod(L2LMethod):
 
 
 class L2LNoEvolveMethod(L2LMethod):
-    """Ablation: the proposal bank is never rewritten; candidate labels keep mixing in the initial prior."""
+    """Ablation: the label bank is never rewritten; labels keep mixing in the initial prior."""
 
     name: ClassVar[str] = "l2l_no_evolve"
     evolve: ClassVar[bool] = False

@@ -1,14 +1,27 @@
-"""Reinforced Pseudo-Label Exploration (RPLE, method.md stage 5): a learned per-pixel acceptance policy.
+"""Reinforced Pseudo-Label Exploration (RPLE): per sample, which label source to trust, learnt by reinforcement.
 
-The policy sees, per pixel, what a careful annotator would look at (teacher and prior maps, their
-disagreement, uncertainty, the box, the prior's confidence) and decides which candidate labels supervise the
-student. It works on an `S/factor` grid (a block of `factor x factor` pixels is one decision), samples `K`
-acceptance masks per image and is trained by REINFORCE with a group-normalised advantage over the `K` samples.
+For every unlabelled sample the policy chooses one of `ACTIONS`: the (evolving) proposal `q`, the teacher `p`, their
+mixture `m = a p + (1 - a) q`, or no label at all. It sees what an annotator would weigh (`STATE_FEATURES`: how much
+teacher, proposal and student agree, how sure the teacher is, whether the teacher's mask sits in the MLLM's box,
+the MLLM's confidence, training progress), never the ground truth.
 
-Both rewards are sums over pixels, so each decision's own term is known exactly. `credit="pixel"` uses that:
-the advantage of a decision is its own reward term minus the mean of that term over the K samples, divided by
-the group's spread (the per-pixel parts of the GRPO advantage). `credit="image"` is plain GRPO: one advantage per
-sampled mask, shared by all its decisions (unbiased but ~sqrt(#decisions) noisier).
+Why a per-sample source choice and not per-pixel accept/reject: independent per-pixel decisions with an additive
+correctness reward are one-step bandits whose optimum is a fixed threshold on P(right | state); when candidates are
+mostly right it is "accept all" (what our first version learnt). Which source to believe for a *sample* depends on
+the sample (a wrong-object box needs the teacher, a right box with a confused teacher needs the proposal), and the
+choice has a price: a label is paid for only when it is better than `cost`, and rejecting is worth 0.
+
+Rewards (per sample, per action; reject is 0):
+- label reward on proxy episodes (labelled images held out of the supervised loss in rotation, so their states look
+  like unlabelled ones): `IoU(label > 0.5, ground truth) - cost`;
+- utility reward on unlabelled samples: the first-order *decrease* of the labelled loss after an SGD step on that
+  sample's label, `<grad L_l, grad L_u(label)>` (positive = helpful; the sign is tested against a real step),
+  normalised by its spread in the batch.
+Update: K actions sampled per sample, group-normalised advantage over the K (GRPO), entropy bonus, Adam.
+
+`BCESelector` is the no-RL ablation (`l2l_classifier`): the same state and actions, one logistic output per label
+source trained with plain BCE on "this source's label is better than `cost`" on proxy episodes; it takes the most
+probable source when that probability exceeds 0.5, else no label.
 """
 
 from __future__ import annotations
@@ -20,22 +33,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-STATE_CHANNELS: tuple[str, ...] = (
-    "teacher_prob",  # p
-    "proposal",  # q (the evolving prior)
-    "disagreement",  # |p - q|
-    "teacher_entropy",  # H(p) / ln 2, in [0, 1]
-    "student_prob",  # the student's current belief
-    "inside_box",  # 1 inside the prior box
-    "box_distance",  # signed distance to the box edge / S (+ inside, - outside)
-    "prior_confidence",  # c, broadcast
-    "image_agreement",  # IoU(p > .5, q > .5), broadcast
-    "candidate",  # share of candidate-foreground pixels in the block: what acceptance would teach
+ACTIONS: tuple[str, ...] = ("proposal", "teacher", "mixture", "reject")
+REJECT = ACTIONS.index("reject")
+MIXTURE = ACTIONS.index("mixture")
+
+STATE_FEATURES: tuple[str, ...] = (
+    "iou_teacher_proposal",  # IoU(p > .5, q > .5)
+    "iou_student_teacher",  # IoU(student > .5, p > .5): consistency across the two views
+    "iou_student_proposal",
+    "teacher_entropy",  # mean binary entropy of p over the union of both masks, in bits
+    "disagreement",  # mean |p - q| over that union
+    "teacher_area",  # sqrt of the teacher mask's share of the image
+    "proposal_area",
+    "teacher_in_box",  # share of the teacher's mask inside the MLLM's box
+    "box_area",  # sqrt of the box's share of the image
+    "teacher_on_proposal",  # mean p inside q > .5: does the teacher support the proposal?
+    "proposal_on_teacher",  # mean q inside p > .5
+    "prior_confidence",  # the MLLM's confidence c
+    "has_proposal",
+    "progress",  # training progress t / T (the teacher improves with it)
 )
-
-
-def _pool(x: torch.Tensor, factor: int) -> torch.Tensor:
-    return x if factor == 1 else F.avg_pool2d(x, factor)
 
 
 def binary_entropy(p: torch.Tensor) -> torch.Tensor:
@@ -44,107 +61,68 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p) + (1 - p) * torch.log1p(-p)) / math.log(2.0)
 
 
-def box_features(boxes: torch.Tensor, valid: torch.Tensor, size: int, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inside-box flag and signed distance to the box edge (/size) at the centres of the `size/factor` grid.
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample IoU of two boolean masks `[B, 1, H, W]`; two empty masks count as 1 (they agree)."""
+    a, b = a.flatten(1).bool(), b.flatten(1).bool()
+    inter = (a & b).sum(1).float()
+    union = (a | b).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(union))
 
-    `boxes` `[B, 4]` in resized pixels; rows with `valid` false (no prior, or a non-finite/empty box) get zeros.
-    """
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    x, mask = x.flatten(1), mask.flatten(1).float()
+    return (x * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def box_mask(boxes: torch.Tensor, valid: torch.Tensor, size: int) -> torch.Tensor:
+    """`[B, 1, S, S]` bool: inside the box (resized pixels, pixel centres); all False where `valid` is False or the
+    box is not finite."""
     b = boxes.shape[0]
-    h = size // factor
-    centres = (torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5) * factor
-    y = centres.view(1, h, 1).expand(b, h, h)
-    x = centres.view(1, 1, h).expand(b, h, h)
-    bx = torch.nan_to_num(boxes.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    centres = torch.arange(size, device=boxes.device, dtype=torch.float32) + 0.5
+    bx = torch.nan_to_num(boxes.float(), nan=-1.0, posinf=-1.0, neginf=-1.0)
     x1, y1, x2, y2 = (bx[:, i].view(b, 1, 1) for i in range(4))
-    ok = valid.bool() & torch.isfinite(boxes.float()).all(1) & (bx[:, 2] > bx[:, 0]) & (bx[:, 3] > bx[:, 1])
-    inside = (x >= x1) & (x <= x2) & (y >= y1) & (y <= y2)
-    depth = torch.minimum(torch.minimum(x - x1, x2 - x), torch.minimum(y - y1, y2 - y))
-    dx = torch.clamp(torch.maximum(x1 - x, x - x2), min=0.0)
-    dy = torch.clamp(torch.maximum(y1 - y, y - y2), min=0.0)
-    dist = torch.where(inside, depth, -torch.sqrt(dx**2 + dy**2)) / float(size)
-    okf = ok.float().view(b, 1, 1)
-    return (inside.float() * okf).unsqueeze(1), (dist * okf).unsqueeze(1)
+    ok = valid.bool() & torch.isfinite(boxes.float()).all(1)
+    inside = ((centres.view(1, 1, -1) >= x1) & (centres.view(1, 1, -1) <= x2)
+              & (centres.view(1, -1, 1) >= y1) & (centres.view(1, -1, 1) <= y2))
+    return (inside & ok.view(b, 1, 1)).unsqueeze(1)
 
 
-def build_state(
-    p: torch.Tensor,
-    q: torch.Tensor,
-    student: torch.Tensor,
-    candidate: torch.Tensor,
-    boxes: torch.Tensor,
-    prior_conf: torch.Tensor,
-    has_proposal: torch.Tensor,
-    factor: int,
-) -> torch.Tensor:
-    """The policy's input `[B, len(STATE_CHANNELS), S/factor, S/factor]` from full-resolution maps `[B, 1, S, S]`.
-
-    Ground truth is never an argument: the same state is built for proxy (labelled) and unlabelled samples.
-    """
-    size = p.shape[-1]
-    if size % factor:
-        raise ValueError(f"image size {size} is not divisible by the RPLE factor {factor}")
+def sample_state(p: torch.Tensor, q: torch.Tensor, student: torch.Tensor, boxes: torch.Tensor,
+                 prior_conf: torch.Tensor, has_proposal: torch.Tensor, progress: float) -> torch.Tensor:
+    """The policy's input `[B, len(STATE_FEATURES)]` from maps `[B, 1, S, S]` in [0, 1]; no ground truth."""
     has = has_proposal.to(p.device).bool()
     q = q.to(p.device).float() * has.float().view(-1, 1, 1, 1)
-    agree = torch.zeros(p.shape[0], device=p.device)
-    pm, qm = (p > 0.5).flatten(1), (q > 0.5).flatten(1)
-    union = (pm | qm).sum(1).float()
-    agree = torch.where(union > 0, (pm & qm).sum(1).float() / union.clamp_min(1.0), agree)
-    agree = agree * has.float()
-    inside, dist = box_features(boxes.to(p.device), has, size, factor)
-    h = size // factor
-    conf = (prior_conf.to(p.device).float() * has.float()).view(-1, 1, 1, 1).expand(-1, 1, h, h)
-    channels = [
-        _pool(p, factor),
-        _pool(q, factor),
-        _pool((p - q).abs(), factor),
-        _pool(binary_entropy(p), factor),
-        _pool(student.to(p.device).float(), factor),
-        inside,
-        dist,
-        conf,
-        agree.view(-1, 1, 1, 1).expand(-1, 1, h, h),
-        _pool(candidate.to(p.device).float(), factor),
+    student = student.to(p.device).float()
+    pm, qm, sm = p > 0.5, q > 0.5, student > 0.5
+    union = pm | qm
+    inbox = box_mask(boxes.to(p.device), has, p.shape[-1])
+    n = float(p[0].numel())
+    feats = [
+        mask_iou(pm, qm), mask_iou(sm, pm), mask_iou(sm, qm),
+        _masked_mean(binary_entropy(p), union), _masked_mean((p - q).abs(), union),
+        torch.sqrt(pm.flatten(1).float().sum(1) / n), torch.sqrt(qm.flatten(1).float().sum(1) / n),
+        _masked_mean(inbox.float(), pm), torch.sqrt(inbox.flatten(1).float().sum(1) / n),
+        _masked_mean(p, qm), _masked_mean(q, pm),
+        prior_conf.to(p.device).float() * has.float(), has.float(),
+        torch.full_like(p[:, 0, 0, 0], float(progress)),
     ]
-    return torch.cat(channels, dim=1)
+    return torch.stack(feats, dim=1)
 
 
-def label_reward_map(candidate: torch.Tensor, gt: torch.Tensor, beta: float, factor: int,
-                     balance: bool = False) -> torch.Tensor:
-    """Per-decision label reward `[B, 1, S/f, S/f]`; summed over accepted decisions it is `(TP - beta*FP) / N`.
-
-    TP/FP count accepted *pixels* whose candidate label is right/wrong (foreground or background), N all pixels.
-    A pixel is worth accepting when P(right) > beta / (1 + beta). With `balance` each candidate class carries half
-    of the image's weight (a pixel counts `N / (2 N_class)`): the accept/reject optimum per pixel is unchanged, but
-    the few foreground decisions, whose errors hurt Dice most, no longer drown in the easy background ones.
-    """
-    right = (candidate.bool() == gt.bool()).float()
-    value = right - beta * (1.0 - right)
-    if balance:
-        fg = candidate.bool().float()
-        n = float(fg[0].numel())
-        n_fg = fg.flatten(1).sum(1).clamp_min(1.0).view(-1, 1, 1, 1)
-        n_bg = (1.0 - fg).flatten(1).sum(1).clamp_min(1.0).view(-1, 1, 1, 1)
-        value = value * torch.where(fg > 0, n / (2.0 * n_fg), n / (2.0 * n_bg))
-    h = candidate.shape[-1] // factor
-    return _pool(value, factor) / float(h * h)
+def action_labels(p: torch.Tensor, q: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The soft label each non-reject action would teach: `[B, 3, S, S]` = (q, p, a p + (1 - a) q)."""
+    q = q.to(p.device).float()
+    return torch.cat([q, p, alpha * p + (1.0 - alpha) * q], dim=1)
 
 
-def group_advantage(reward: torch.Tensor, credit: str = "pixel", eps: float = 1e-6) -> torch.Tensor:
-    """Group-normalised advantage over the K samples (dim 0) of `reward` `[K, B, 1, h, w]`, same shape.
+def label_quality(labels: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """IoU of every action's label with the ground truth: `[B, 3]` from labels `[B, 3, S, S]`, gt `[B, 1, S, S]`."""
+    return torch.stack([mask_iou(labels[:, k : k + 1] > 0.5, gt > 0.5) for k in range(labels.shape[1])], dim=1)
 
-    Zero mean over K by construction; an image whose K samples earn the same reward gets zero advantage.
-    """
-    if reward.shape[0] < 2:
-        raise ValueError("a group-normalised advantage needs K >= 2 samples per image")
-    if credit == "image":
-        total = reward.sum(dim=(2, 3, 4))  # [K, B]
-        adv = (total - total.mean(0, keepdim=True)) / (total.std(0, keepdim=True) + eps)
-        return adv.view(*adv.shape, 1, 1, 1).expand_as(reward)
-    if credit == "pixel":
-        centred = reward - reward.mean(0, keepdim=True)
-        scale = centred.transpose(0, 1).flatten(1).std(1).view(1, -1, 1, 1, 1)
-        return centred / (scale + eps)
-    raise ValueError(f"unknown RPLE credit {credit!r} (expected 'pixel' or 'image')")
+
+def with_reject(values: torch.Tensor) -> torch.Tensor:
+    """`[B, 3]` rewards of the label actions -> `[B, 4]` with reject worth 0."""
+    return torch.cat([values, values.new_zeros(values.shape[0], 1)], dim=1)
 
 
 def average_gradients_across_ranks(module: nn.Module) -> None:
@@ -158,113 +136,43 @@ def average_gradients_across_ranks(module: nn.Module) -> None:
             param.grad.div_(world)
 
 
-class AcceptancePolicy(nn.Module):
-    """A small conv net: state `[B, C, h, w]` -> acceptance logits `[B, 1, h, w]` (dilated for context).
+class SourcePolicy(nn.Module):
+    """A small MLP: state `[B, F]` (every feature in [0, 1]) -> one logit per action `[B, 4]`.
 
-    The logits are a learned 1x1 "rule" over the state plus a conv correction. With `rule_init` the rule starts
-    as "accept where teacher and proposal agree and the teacher is certain" (logit `2.5 - 8 |p - q| - 4 H(p)`)
-    and the correction at zero, so RL refines a sensible policy instead of discovering one: a near-uniform start
-    needed far more steps than a CPU schedule has (ShapeRefs 1%: 9% acceptance at 46% precision after 60 steps).
+    The output bias starts at `init_logits`: the mixture (the fixed rule L2L replaces) favoured, so RL refines a
+    sensible start.
     """
 
-    def __init__(self, in_channels: int = len(STATE_CHANNELS), width: int = 32, init_accept: float = 0.6,
-                 rule_init: bool = True) -> None:
+    def __init__(self, features: int = len(STATE_FEATURES), width: int = 32,
+                 init_logits: tuple[float, ...] = (0.0, 0.0, 1.5, 0.0)) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1),
-            nn.GELU(),
-            nn.Conv2d(width, width, 3, padding=2, dilation=2),
-            nn.GELU(),
-        )
-        self.out = nn.Conv2d(width, 1, 1)
-        self.rule = nn.Conv2d(in_channels, 1, 1)
-        nn.init.normal_(self.out.weight, std=1e-3)
-        nn.init.zeros_(self.out.bias)
-        nn.init.zeros_(self.rule.weight)
-        if rule_init:
-            with torch.no_grad():
-                self.rule.weight[0, STATE_CHANNELS.index("disagreement")] = -8.0
-                self.rule.weight[0, STATE_CHANNELS.index("teacher_entropy")] = -4.0
-                self.rule.bias.fill_(2.5)
-        else:  # near-uniform at `init_accept`
-            nn.init.constant_(self.rule.bias, math.log(init_accept / (1.0 - init_accept)))
+        self.body = nn.Sequential(nn.Linear(features, width), nn.GELU(), nn.Linear(width, width), nn.GELU())
+        self.out = nn.Linear(width, len(init_logits))
+        nn.init.normal_(self.out.weight, std=1e-2)
+        with torch.no_grad():
+            self.out.bias.copy_(torch.tensor(init_logits))
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.rule(state) + self.out(self.body(state))
+        return self.out(self.body(state))
 
 
-class RPLE:
-    """The policy, its Adam optimiser and one REINFORCE update per training step."""
+class _Selector:
+    """Network, optimiser, generator; checkpointable."""
 
-    def __init__(
-        self,
-        factor: int = 4,
-        samples: int = 4,
-        beta: float = 2.0,
-        entropy_coef: float = 0.01,
-        logit_reg: float = 0.005,
-        lr: float = 1e-3,
-        width: int = 32,
-        init_accept: float = 0.6,
-        rule_init: bool = True,
-        credit: str = "pixel",
-        seed: int = 0,
-    ) -> None:
-        if samples < 2:
-            raise ValueError(f"RPLE needs at least 2 samples per image for a group advantage, got {samples}")
-        self.factor, self.samples, self.beta = int(factor), int(samples), float(beta)
-        self.entropy_coef, self.logit_reg, self.credit = float(entropy_coef), float(logit_reg), credit
-        self.policy = AcceptancePolicy(len(STATE_CHANNELS), width, init_accept, rule_init)
+    def __init__(self, policy: SourcePolicy, lr: float, seed: int) -> None:
+        self.policy = policy
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def to(self, device: torch.device) -> None:
-        """Move the policy (in place, so the optimiser keeps its parameters)."""
         if next(self.policy.parameters()).device != device:
             self.policy.to(device)
 
-    @torch.no_grad()
-    def greedy(self, state: torch.Tensor) -> torch.Tensor:
-        """Acting greedily (pi > 0.5) for writing labels: `[B, 1, h, w]` bool."""
-        return torch.sigmoid(self.policy(state)) > 0.5
-
-    def sample(self, probs: torch.Tensor) -> torch.Tensor:
-        """K Bernoulli acceptance masks `[K, B, 1, h, w]` (float 0/1) from probabilities `[B, 1, h, w]`."""
-        u = torch.rand((self.samples, *probs.shape), generator=self.generator).to(probs.device)
-        return (u < probs.detach().unsqueeze(0)).float()
-
-    def update(
-        self, state: torch.Tensor, parts: dict[str, tuple[torch.Tensor, float, torch.Tensor]]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Sample K masks, reward them, take one policy step; returns the pre-update probabilities `[B,1,h,w]`.
-
-        `parts[name] = (value, weight, rows)`: `value` `[B, 1, h, w]` is each decision's reward if accepted
-        (0 if rejected), so a sampled mask earns `sum(mask * value)`; `rows` bool `[B]` says which images the
-        part scores (for logging). The advantage is `sum_part weight * group_advantage(part)`.
-        """
-        state = state.detach()
-        logits = self.policy(state)
-        probs = torch.sigmoid(logits)
-        masks = self.sample(probs)
-        advantage = torch.zeros_like(masks)
-        logs: dict[str, float] = {}
-        for name, (value, weight, rows) in parts.items():
-            reward = masks * value.detach().unsqueeze(0)
-            advantage = advantage + weight * group_advantage(reward, self.credit)
-            if bool(rows.any()):
-                logs[f"rple/reward_{name}"] = float(reward.sum(dim=(2, 3, 4))[:, rows].mean())
-        logp = -F.binary_cross_entropy_with_logits(logits.unsqueeze(0).expand_as(masks), masks, reduction="none")
-        entropy = binary_entropy(probs).mean() * math.log(2.0)
-        # The entropy bonus's gradient vanishes once a decision saturates; the logit penalty's does not, so a
-        # policy that rejected everything while early candidates were bad can still learn to accept later.
-        loss = -(advantage * logp).mean() - self.entropy_coef * entropy + self.logit_reg * logits.pow(2).mean()
+    def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients_across_ranks(self.policy)
         self.optimizer.step()
-        logs.update({"rple/policy_loss": float(loss.detach()), "rple/entropy": float(entropy.detach()),
-                     "rple/mean_accept_prob": float(probs.detach().mean())})
-        return probs.detach(), logs
 
     def state_dict(self) -> dict[str, Any]:
         return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -274,3 +182,57 @@ class RPLE:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+
+
+class RPLE(_Selector):
+    """The source policy trained by REINFORCE with a group-normalised advantage over K sampled actions."""
+
+    def __init__(self, samples: int = 8, entropy_coef: float = 0.01, lr: float = 3e-3, width: int = 32,
+                 seed: int = 0) -> None:
+        if samples < 2:
+            raise ValueError(f"RPLE needs at least 2 samples per image for a group advantage, got {samples}")
+        super().__init__(SourcePolicy(width=width), lr, seed)
+        self.samples, self.entropy_coef = int(samples), float(entropy_coef)
+
+    @torch.no_grad()
+    def decide(self, state: torch.Tensor) -> torch.Tensor:
+        """Greedy actions `[B]` (long)."""
+        return self.policy(state).argmax(1)
+
+    def update(self, state: torch.Tensor, reward: torch.Tensor) -> dict[str, float]:
+        """One policy step on rows `state [B, F]` with every action's reward `reward [B, 4]` (only the K sampled
+        actions' rewards enter the gradient: REINFORCE, not a regression on the full table)."""
+        logits = self.policy(state.detach())
+        logp_all = F.log_softmax(logits, dim=1)
+        probs = logp_all.exp()
+        u = torch.rand((self.samples, probs.shape[0]), generator=self.generator).to(probs.device)
+        actions = (u.unsqueeze(-1) > probs.detach().cumsum(1).unsqueeze(0)).sum(-1).clamp_max(probs.shape[1] - 1)
+        r = reward.detach().gather(1, actions.t()).t()  # [K, B]
+        adv = (r - r.mean(0, keepdim=True)) / (r.std(0, keepdim=True) + 1e-6)
+        logp = logp_all.gather(1, actions.t()).t()
+        entropy = -(probs * logp_all).sum(1).mean()
+        loss = -(adv * logp).mean() - self.entropy_coef * entropy
+        self._step(loss)
+        logs = {"rple/policy_loss": float(loss.detach()), "rple/entropy": float(entropy.detach()),
+                "rple/sampled_reward": float(r.mean())}
+        logs.update({f"rple/prob_{name}": float(probs[:, k].detach().mean()) for k, name in enumerate(ACTIONS)})
+        return logs
+
+
+class BCESelector(_Selector):
+    """The no-RL ablation: P(source's label beats `cost`) per label source by BCE on proxy episodes."""
+
+    def __init__(self, lr: float = 3e-3, width: int = 32, seed: int = 0) -> None:
+        super().__init__(SourcePolicy(width=width, init_logits=(0.0, 0.0, 1.5)), lr, seed)
+
+    @torch.no_grad()
+    def decide(self, state: torch.Tensor) -> torch.Tensor:
+        prob = torch.sigmoid(self.policy(state))
+        best = prob.argmax(1)
+        return torch.where(prob.max(1).values > 0.5, best, torch.full_like(best, REJECT))
+
+    def update(self, state: torch.Tensor, good: torch.Tensor) -> dict[str, float]:
+        """`good [B, 3]` in {0, 1}: the source's label is better than the cost (proxy rows only)."""
+        loss = F.binary_cross_entropy_with_logits(self.policy(state.detach()), good.float())
+        self._step(loss)
+        return {"rple/bce_loss": float(loss.detach())}

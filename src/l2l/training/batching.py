@@ -83,7 +83,7 @@ class Collator:
     """Turns a list of items into the batch dict every `Method` reads (docs/architecture.md).
 
     Keys: `pixel_values`, `input_ids`, `attention_mask` (from the `Processor`), `sample_ids`, `texts`,
-    `indices`, `flipped` (bool[B]), `boxes` (float[B,4], the prior's box in resized pixels; the whole image
+    `indices`, `image_ids` (long[B]), `flipped` (bool[B]), `boxes` (float[B,4], the prior's box in resized pixels; the whole image
     when a sample has no usable prior), `prior_conf` (float[B], 0 without a prior), `mask` (float[B,1,S,S],
     labelled items only), and with a proposal bank `proposal` (float[B,1,S,S]) and `has_proposal` (bool[B]);
     with a `label_bank` (the evolving copy of a self-evolving method) also `label_proposal` (float[B,1,S,S]; the
@@ -128,6 +128,7 @@ class Collator:
         batch.update(self.processor.texts(texts))
         batch["sample_ids"] = [it["sample"].sample_id for it in items]
         batch["texts"] = texts
+        batch["image_ids"] = torch.tensor([int(it["sample"].image_id) for it in items], dtype=torch.long)
         batch["indices"] = torch.tensor([int(it.get("index", -1)) for it in items], dtype=torch.long)
         batch["boxes"] = self.processor.boxes(boxes, sizes)
         batch["prior_conf"] = torch.tensor(confs, dtype=torch.float32)

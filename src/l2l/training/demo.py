@@ -207,7 +207,8 @@ def render_gallery(trainer: Any, data_root: Path, path: Path, n: int = 6) -> tup
     import matplotlib.pyplot as plt
 
     from l2l.data.dataset import RESDataset
-    from l2l.methods.l2l import candidate_label, label_proposal
+    from l2l.methods.l2l import label_proposal
+    from l2l.methods.rple import ACTIONS
     from l2l.proposals.methods import make_proposal
     from l2l.training.batching import Collator, SeededItems, move_batch
 
@@ -222,12 +223,13 @@ def render_gallery(trainer: Any, data_root: Path, path: Path, n: int = 6) -> tup
     p = method.teacher_probs(batch)
     student = torch.sigmoid(net(**method.inputs(batch))["logits"].float())
     q = label_proposal(batch)
-    m, yhat = candidate_label(p, q, batch["has_proposal"], method.alpha(method.total_steps))
-    accept = method.acceptance(batch, p, student, m, yhat)
+    decisions = method.decide(batch, p, student, method.total_steps)
+    target, weight = method.pseudo_labels(batch, p, decisions, method.total_steps)
+    label = target * weight  # what the student would be taught (nothing where the policy rejects)
     full = RESDataset(data_root, trainer.train_id)  # evaluation-only view with masks
     by_id = {s.sample_id: k for k, s in enumerate(full.samples)}
     size = proc.image_size
-    cols = ["image + prior", "initial proposal q0", "accepted pixels", "evolved label q", "ground truth (hidden)"]
+    cols = ["image + prior", "initial proposal q0", "evolved label q", "label taught (source)", "ground truth (hidden)"]
     fig, axes = plt.subplots(n, len(cols), figsize=(2.8 * len(cols), 2.9 * n))
     rows = []
     for r, i in enumerate(ids):
@@ -241,7 +243,7 @@ def render_gallery(trainer: Any, data_root: Path, path: Path, n: int = 6) -> tup
         def at_image_size(square: torch.Tensor) -> np.ndarray:  # model-resolution map -> the image's own size
             return cv2.resize(square.float().cpu().numpy(), (w, h), interpolation=cv2.INTER_NEAREST)
 
-        panels = [img, q0, at_image_size(accept[r, 0]), at_image_size(q[r, 0]), gt]
+        panels = [img, q0, at_image_size(q[r, 0]), at_image_size(label[r, 0]), gt]
         for c, panel in enumerate(panels):
             ax = axes[r, c]
             if c == 0:
@@ -251,6 +253,7 @@ def render_gallery(trainer: Any, data_root: Path, path: Path, n: int = 6) -> tup
             ax.set_axis_off()
             if r == 0:
                 ax.set_title(cols[c], fontsize=9)
+        axes[r, 3].text(0, -4, ACTIONS[int(decisions[r])], fontsize=7)
         if prior is not None and prior.box is not None:
             x1, y1, x2, y2 = prior.box
             axes[r, 0].add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="lime", lw=1.5))
@@ -258,7 +261,8 @@ def render_gallery(trainer: Any, data_root: Path, path: Path, n: int = 6) -> tup
                 axes[r, 0].plot([x], [y], "o", ms=4, color="lime" if lab == 1 else "red")
         axes[r, 0].text(0, -4, item["text"][:48], fontsize=7)
         rows.append({"sample_id": sid, "text": item["text"], "prior_confidence": getattr(prior, "confidence", None),
-                     "accepted_share": float(accept[r].float().mean()), "image_size": [h, w], "model_size": size})
+                     "source": ACTIONS[int(decisions[r])],
+                     "accepted_share": float((weight[r] > 0).float().mean()), "image_size": [h, w], "model_size": size})
     fig.tight_layout()
     data = _png_bytes(fig)
     plt.close(fig)
@@ -281,7 +285,8 @@ def write_html(path: Path, results: dict[str, Any], table: str, overlay_png: byt
 
     gallery_rows = "".join(
         f"<tr><td>{html.escape(r['sample_id'])}</td><td>{html.escape(r['text'])}</td>"
-        f"<td>{conf(r['prior_confidence'])}</td><td>{r['accepted_share']:.1%}</td></tr>" for r in rows
+        f"<td>{conf(r['prior_confidence'])}</td><td>{r['source']}</td><td>{r['accepted_share']:.1%}</td></tr>"
+        for r in rows
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>l2l demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}</style>
@@ -291,7 +296,7 @@ image resolution. Wall time {results.get('wall_seconds', 0):.0f}s.</p>
 <table><tr><th>method</th><th>mode</th>{''.join(f'<th>{k}</th>' for k in METRIC_KEYS)}</tr>{table_rows}</table>
 <h2>Predictions (test)</h2>{img(overlay_png)}
 <h2>Pseudo-label gallery (unlabelled training images)</h2>
-<table><tr><th>sample</th><th>expression</th><th>prior confidence</th><th>accepted</th></tr>{gallery_rows}</table>
+<table><tr><th>sample</th><th>expression</th><th>prior confidence</th><th>label source</th><th>pixels taught</th></tr>{gallery_rows}</table>
 {img(gallery_png)}
 </body></html>"""
     path.write_text(page, encoding="utf-8")

@@ -175,6 +175,8 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.micro_done = 0  # micro-batches consumed in the current epoch
+        self.epoch_done = False  # the epoch's batches are done, its end (self-evolution, validation) not yet
+        self.log_lines = 0  # lines of metrics.jsonl that belong to the state reached so far
         self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "step": -1, "metrics": {}}
         self.last_val: dict[str, Any] = {}
         self.writer: Any = None  # TensorBoard writer, rank 0, open during fit()
@@ -378,6 +380,8 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "micro_done": self.micro_done,
+            "epoch_done": self.epoch_done,
+            "log_lines": self.log_lines,
             "best": {k: v for k, v in self.best.items() if k != "score"} | {"score": float(self.best["score"])},
             "last_val": json.dumps(self.last_val),
             "rng": _rng_state(),
@@ -419,11 +423,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.micro_done = int(state["step"]), int(state["epoch"]), int(state["micro_done"])
+        self.epoch_done = bool(state.get("epoch_done", False))
         self.best = dict(state["best"])
         self.last_val = json.loads(state["last_val"])
         _set_rng_state(state["rng"])
         if self.env.is_main:
-            self._truncate_metrics(self.step)
+            self._truncate_metrics(int(state.get("log_lines", -1)), self.step)
         return True
 
     # ------------------------------------------------------------------ logging
@@ -433,17 +438,30 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        self.log_lines += 1
         if self.writer is not None:
             for key, value in record.items():
                 if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self.writer.add_scalar(key, value, record["step"])
 
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+    def _truncate_metrics(self, lines: int, step: int) -> None:
+        """Keep the log lines the checkpoint we resume from had written (later ones will be written again); a
+        torn last line (a kill mid-write) is dropped. Checkpoints without a line count keep lines up to `step`."""
         path = self.run_dir / "metrics.jsonl"
+        keep: list[str] = []
         if path.is_file():
-            keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+            for ln in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                if not ln.strip():
+                    continue
+                try:
+                    rec = json.loads(ln)
+                except json.JSONDecodeError:
+                    break  # a torn line: nothing after it was written by a finished step
+                if (lines >= 0 and len(keep) >= lines) or (lines < 0 and rec.get("step", 0) > step):
+                    break
+                keep.append(ln)
             atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+        self.log_lines = len(keep)
 
     # ------------------------------------------------------------------ validation and saving
     def eval_network(self) -> nn.Module:
@@ -522,37 +540,18 @@ class Trainer:
             "step": self.step,
             "unlabelled_loader": self._plain_loader(self.unlabelled, ubs) if self.unlabelled is not None else None,
             "proxy_loader": self._plain_loader(self.labelled, ubs),
-            "eval_pseudo": self._pseudo_scorer(),
         }
 
-    def _pseudo_scorer(self) -> Any:
-        """On ShapeRefs only: a callable scoring bank maps against the hidden D_u masks (never given to methods)."""
-        if self.unlabelled is None or self.cfg["data"]["dataset"] != "shaperefs":
+    def _hidden_scorer(self) -> Any:
+        """On ShapeRefs only: scores the label bank against the hidden D_u masks (evaluation code; never handed to
+        the method)."""
+        if self.unlabelled is None or self.cfg["data"]["dataset"] != "shaperefs" or self.train_bank is None:
             return None
-        if not hasattr(self, "_hidden"):  # evaluation-side reader with masks, opened once
-            hidden = RESDataset(self.cfg["data"]["root"], self.train_id)
-            wanted = set(self.unlabelled.sample_ids())
-            self._hidden = (hidden, [i for i, s in enumerate(hidden.samples) if s.sample_id in wanted])
-        hidden, indices = self._hidden
+        if not hasattr(self, "_hidden"):
+            from l2l.evaluation.pseudo import hidden_label_scorer
 
-        def score(bank: Any) -> dict[str, float]:
-            import cv2
-
-            from l2l.evaluation.metric import RESMetric
-
-            metric = RESMetric()
-            for i in indices:
-                sample = hidden.samples[i]
-                try:
-                    soft = np.asarray(bank.get(sample.sample_id), dtype=np.float32)
-                except KeyError:
-                    continue
-                pred = cv2.resize(soft, (sample.width, sample.height), interpolation=cv2.INTER_LINEAR) > 0.5
-                metric.update([pred], [hidden.mask(i)], ids=[sample.sample_id])
-            out = metric.compute()
-            return {"mIoU": float(out["mIoU"]), "oIoU": float(out["oIoU"])}
-
-        return score
+            self._hidden = hidden_label_scorer(self.cfg["data"]["root"], self.train_id, self.unlabelled.sample_ids())
+        return self._hidden
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -603,7 +602,8 @@ class Trainer:
                 self.epoch = tr["epochs"]
                 self.save_checkpoint()
             return False
-        while self.epoch < tr["epochs"] and self.step < self.total_steps:
+        # `epoch_done`: resumed between an epoch's last batch and the end of its end-of-epoch work
+        while (self.epoch < tr["epochs"] and self.step < self.total_steps) or self.epoch_done:
             self.sampler_l.set_epoch(self.epoch)
             self.sampler_l.set_start(self.micro_done * bs)
             loader = self._loader(self.labelled, self.sampler_l, bs, self.drop_last, tr["weak_flip"])
@@ -612,7 +612,7 @@ class Trainer:
                 from tqdm import tqdm
 
                 bar = tqdm(total=self.micro_per_epoch, initial=self.micro_done, desc=f"epoch {self.epoch}", leave=False)
-            for batch_l in loader:
+            for batch_l in ([] if self.epoch_done else loader):
                 group_start = (self.micro_done // accum) * accum
                 group_size = min(accum, self.micro_per_epoch - group_start)
                 batch_l = move_batch(batch_l, env.device)
@@ -664,14 +664,26 @@ class Trainer:
                     break
             if bar is not None:
                 bar.close()
+            self.epoch_done = True
             finished = self.step >= self.total_steps or self.epoch + 1 >= tr["epochs"]
             context = self._epoch_context()
+            scorer = self._hidden_scorer() if env.is_main and self.method.evolves_at(self.step) else None
+            before = scorer(self.train_bank) if scorer is not None else {}
             epoch_logs = self.method.on_epoch_end(self.epoch, context)
-            if epoch_logs and env.is_main:
+            if scorer is not None and epoch_logs:
+                epoch_logs.update({f"evolve/hidden_before_{k}": v for k, v in before.items()})
+                epoch_logs.update({f"evolve/hidden_{k}": v for k, v in scorer(self.train_bank).items()})
+            if epoch_logs:
                 self._log({"step": self.step, "epoch": self.epoch, **{f"method/{k}": v for k, v in epoch_logs.items()}})
-            if finished or (self.epoch + 1) % tr["val_every"] == 0:
+            validate = finished or (self.epoch + 1) % tr["val_every"] == 0
+            if epoch_logs or validate:
+                # the rewritten bank and the state that knows of the round become durable together, and a crash in
+                # validation (a bad image) loses no training
+                self.save_checkpoint()
+            if validate:
                 self._validate_and_save()
             self.epoch += 1
             self.micro_done = 0
+            self.epoch_done = False
             self.save_checkpoint()
         return False
