@@ -9,7 +9,7 @@ from pathlib import Path
 
 from l2l.cli.common import group_help
 from l2l.data.refer import DATASETS, ReferData
-from l2l.data.splits import make_split
+from l2l.data.splits import make_split, split_from_semires
 from l2l.errors import InputError
 from l2l.utils.io import atomic_write_json
 
@@ -34,12 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "split",
         help="choose labelled training images for a label ratio and write their ids",
         description="Choose floor(ratio x #train images) labelled images (all their refs) with a seeded RNG.",
-        epilog="Example: l2l data split --root data --dataset refcoco --split-by unc --ratio 0.01 --seed 0 "
-        "--out splits/refcoco_unc_1pct_s0.json",
+        epilog="Examples:\n  l2l data split --root data --dataset refcoco --split-by unc --ratio 0.01 --seed 0 "
+        "--out splits/refcoco_unc_1pct_s0.json\n"
+        "  # the very images a published SemiRES table labelled\n"
+        "  l2l data split --root data --dataset refcoco --split-by unc --from-semires refcoco_1%%.json "
+        "--out splits/refcoco_unc_semires_1pct.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_dataset_args(split)
-    split.add_argument("--ratio", required=True, type=float, help="share of training images labelled, in (0, 1]")
+    how = split.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ratio", type=float, help="share of training images labelled, in (0, 1]")
+    how.add_argument("--from-semires", type=Path, metavar="FILE",
+                     help="convert a SemiRES split file (its 'train' entries' iids are the labelled images)")
     split.add_argument("--seed", type=int, default=0, help="RNG seed (default 0)")
     split.add_argument("--out", required=True, type=Path, help="split file to write (JSON)")
     split.set_defaults(func=_cmd_split)
@@ -73,7 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _cmd_split(args: argparse.Namespace) -> int:
     refer = ReferData(args.root, args.dataset, args.split_by)
-    split = make_split(refer, args.ratio, args.seed)
+    if args.from_semires is not None:
+        split = split_from_semires(args.from_semires, refer)
+    else:
+        split = make_split(refer, args.ratio, args.seed)
     atomic_write_json(args.out, split)
     print(
         f"wrote {args.out}: {len(split['labelled_image_ids'])} of {split['num_images']} train images labelled, "

@@ -53,6 +53,47 @@ def make_split(refer: ReferData, ratio: float, seed: int, split: str = "train") 
     }
 
 
+def split_from_semires(path: str | Path, refer: ReferData, split: str = "train") -> dict[str, Any]:
+    """Our split dict from a SemiRES split file, so a run labels exactly the images a published table labelled.
+
+    SemiRES's files are JSON `{"train": [{"iid", "bbox", "cat_id", "refs", "mask_id"}, ...], "val": [...]}`: the
+    entries of `train` are the labelled refs (`mask_id` is the ref id), `iid` their image. We label by image, so
+    the labelled images are the `iid`s of `train`; every one must be a `split` image of `refer`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: SemiRES split file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    entries = data.get("train") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"{path}: expected a JSON object with a non-empty 'train' list (a SemiRES split file)")
+    chosen: set[int] = set()
+    for i, entry in enumerate(entries):
+        iid = entry.get("iid") if isinstance(entry, dict) else None
+        if not isinstance(iid, int) or isinstance(iid, bool):
+            raise DataError(f"{path}: train[{i}] has no integer 'iid'")
+        chosen.add(iid)
+    image_ids = {int(r["image_id"]) for r in refer.refs if r["split"] == split}
+    unknown = sorted(chosen - image_ids)
+    if unknown:
+        raise DataError(f"{path}: {len(unknown)} labelled image(s) are not {split} images of "
+                        f"{refer.dataset}({refer.split_by}), e.g. {unknown[:3]}; wrong dataset or splitBy?")
+    num_refs = sum(1 for r in refer.refs if r["split"] == split and int(r["image_id"]) in chosen)
+    return {
+        "dataset": refer.dataset,
+        "split_by": refer.split_by,
+        "split": split,
+        "ratio": len(chosen) / len(image_ids),
+        "seed": 0,
+        "labelled_image_ids": sorted(chosen),
+        "num_images": len(image_ids),
+        "num_labelled_refs": num_refs,
+        "source": f"semires:{path.name}",
+    }
+
+
 def load_split(path: str | Path) -> dict[str, Any]:
     """Read and check a split file; a missing key or a wrong type is a DataError naming the file."""
     path = Path(path)

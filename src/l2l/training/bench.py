@@ -28,8 +28,20 @@ from l2l.utils.io import atomic_write_json, atomic_write_text
 METRIC_KEYS = ("mIoU", "oIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9")
 ALL_METHODS = ("supervised", "prior_only", "prior_label", "fixmatch", "semires", "semires_mllm", "l2l")
 QUICK_METHODS = ALL_METHODS
-ABLATIONS = ("l2l_no_rple", "l2l_no_sesm", "l2l_no_evolve")
+ABLATIONS = ("l2l_no_rple", "l2l_classifier", "l2l_no_sesm", "l2l_no_evolve", "l2l_uninformative_conf")
 FULL = "supervised_full"  # the fully supervised upper bound: `supervised` on a 100% split
+FULL_STEPS = 1800  # the bound's own schedule: 100% labels need more steps than a 1% cell to reach what they can
+# Grid cells that are a registered method with fixed overrides (the cell name is the row in the table).
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    FULL: ("supervised", (f"train.max_steps={FULL_STEPS}",)),
+    # robustness: the simulated MLLM's confidence made uninformative (0.5 for every prior)
+    "l2l_uninformative_conf": ("l2l", ("data.uninformative_confidence=true",)),
+}
+
+
+def method_of(cell: str) -> str:
+    """The registered method a grid cell trains."""
+    return VARIANTS[cell][0] if cell in VARIANTS else cell
 
 
 def ratio_tag(ratio: float) -> str:
@@ -41,7 +53,7 @@ def run_dir_for(out: Path, method: str, ratio: float, seed: int) -> Path:
 
 
 def _modes_for(method: str, uses_sesm: bool) -> list[str]:
-    cls = get_method_class("supervised" if method == FULL else method)
+    cls = get_method_class(method_of(method))
     if not getattr(cls, "needs_training", True):
         return ["prior"]  # prior_only: the proposal is the prediction; prior-free it would predict nothing
     return ["prior", "prior_free"] if uses_sesm else ["prior_free"]
@@ -52,11 +64,12 @@ def _cell_config(
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The loaded config of one grid cell: the user's overrides, then the cell's data, seed and method."""
-    name = "supervised" if method == FULL else method
+    name = method_of(method)
     return load_config(
         config,
         [
             *overrides,
+            *VARIANTS.get(method, ("", ()))[1],
             f"data.root={root}",
             f"data.dataset={dataset}",
             f"data.split_by={split_by}",
@@ -137,9 +150,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std over seeds per (method, ratio, split, mode); the test splits pooled as split 'test'."""
     groups: dict[tuple, dict[int, list[dict[str, Any]]]] = {}
     for r in records:
-        if r["split"] == "val":
-            continue
-        for split in (r["split"], "test"):
+        for split in (r["split"],) if r["split"] == "val" else (r["split"], "test"):
             key = (r["method"], r["ratio"], split, r["mode"])
             groups.setdefault(key, {}).setdefault(r["seed"], []).append(r)
     rows = []
@@ -279,7 +290,7 @@ def write_outputs(out: Path, records: list[dict[str, Any]], command: str) -> lis
     rows = aggregate(records)
     atomic_write_json(out / "results.json", records)
     parts = [f"# Benchmark results\n\nCommand: `{command}`\n"]
-    for split in ("test", "testA", "testB"):
+    for split in ("test", "testA", "testB", "val"):
         if any(r["split"] == split for r in rows):
             parts.append(f"## {split}\n\n" + table_markdown(rows, split))
     atomic_write_text(out / "table.md", "\n".join(parts))
@@ -295,7 +306,7 @@ def grid_cells(
     """The (method, ratio, seed) cells, in run order: every method at every ratio and seed, the fully supervised upper
     bound once per seed when `full`, then the L2L ablations at the smallest ratio when `ablations`."""
     for m in (*methods, *(ABLATIONS if ablations else ())):
-        get_method_class(m)  # fail on a typo before any training
+        get_method_class(method_of(m))  # fail on a typo before any training
     cells = [(m, r, s) for r in ratios for s in seeds for m in methods]
     if full:
         cells += [(FULL, 1.0, s) for s in seeds]
@@ -395,7 +406,7 @@ def _worker_overrides(overrides: Sequence[str]) -> list[str]:
 
 def _cost_rank(method: str) -> int:
     """Rough cost order of a cell: self-evolving L2L first, then other semi-supervised methods, then the rest."""
-    cls = get_method_class("supervised" if method == FULL else method)
+    cls = get_method_class(method_of(method))
     if not getattr(cls, "needs_training", True):
         return 3
     if hasattr(cls, "evolve"):

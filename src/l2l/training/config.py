@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "cache_dir": "",  # shared priors/proposal cache (empty = <root>/.l2l_cache); evolving runs copy theirs
         "sam_checkpoint": "",  # local SAM checkpoint directory (proposal: sam)
         "max_val_samples": 0,  # evaluate on the first N validation samples (0 = all)
+        "uninformative_confidence": False,  # robustness check: every prior's confidence set to 0.5 for training
     },
     "model": ModelConfig().to_dict(),
     "train": {

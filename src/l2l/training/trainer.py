@@ -20,6 +20,7 @@ Normalisation buffers (BatchNorm running statistics) are averaged across ranks b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -274,6 +275,9 @@ class Trainer:
                     self.train_bank, train_priors = prepare_bank(d["root"], self.train_id, cache_dir=own, **kwargs)
                 self.val_bank, val_priors = prepare_bank(d["root"], self.val_id, cache_dir=shared, **kwargs)
                 self.priors = {**train_priors, **val_priors}
+                if d["uninformative_confidence"]:  # what RPLE may learn from the MLLM's confidence, removed
+                    self.priors = {k: dataclasses.replace(v, confidence=0.5) if v.box is not None else v
+                                   for k, v in self.priors.items()}
             if rank_turn:
                 self.env.barrier()
 
