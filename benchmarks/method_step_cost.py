@@ -37,6 +37,7 @@ def synthetic_batch(n: int, size: int, labelled: bool, seed: int) -> dict:
     ids[:, 0] = 101
     batch = {"pixel_values": torch.randn(n, 3, size, size, generator=g) + mask, "input_ids": ids,
              "attention_mask": torch.ones(n, 20, dtype=torch.long), "sample_ids": [f"{seed}_{i}:0" for i in range(n)],
+             "image_ids": torch.arange(n),
              "texts": ["the object"] * n, "boxes": boxes, "prior_conf": has.float() * 0.8, "proposal": proposal,
              "has_proposal": has}
     if labelled:

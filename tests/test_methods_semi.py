@@ -203,14 +203,16 @@ def test_utility_sign_matches_a_real_optimiser_step() -> None:
     assert bool((predicted[:, 0] > predicted[:, 2]).all())
 
 
-def test_utility_covers_more_than_one_output_layer() -> None:
+def test_utility_is_taken_at_the_refine_heads_output_conv() -> None:
     from l2l.methods.l2l import utility_parameters
     from l2l.model import ModelConfig, RESModel
 
     net = RESModel(ModelConfig(vision="tiny", text="tiny", image_size=32, dim=16, decoder_dim=16, pretrained=False))
     params = utility_parameters(net)
-    assert sum(p.numel() for p in params) > 17 + 17 + 1
-    assert any(p is net.decoder.prior_head.weight for p in params) and any(p is net.refine.head.weight for p in params)
+    assert [id(p) for p in params] == [id(p) for p in net.refine.head.parameters()]
+    no_refine = RESModel(ModelConfig(vision="tiny", text="tiny", image_size=32, dim=16, decoder_dim=16,
+                                     pretrained=False, refine_dim=0))
+    assert any(p is no_refine.decoder.prior_head.weight for p in utility_parameters(no_refine))
 
 
 def test_l2l_logs_rple_diagnostics() -> None:

@@ -178,6 +178,7 @@ class Trainer:
         self.micro_done = 0  # micro-batches consumed in the current epoch
         self.epoch_done = False  # the epoch's batches are done, its end (self-evolution, validation) not yet
         self.log_lines = 0  # lines of metrics.jsonl that belong to the state reached so far
+        self.hidden_score: dict[str, float] = {}  # the label bank against the hidden D_u masks, as last scored
         self.best: dict[str, Any] = {"score": -math.inf, "epoch": -1, "step": -1, "metrics": {}}
         self.last_val: dict[str, Any] = {}
         self.writer: Any = None  # TensorBoard writer, rank 0, open during fit()
@@ -386,6 +387,7 @@ class Trainer:
             "micro_done": self.micro_done,
             "epoch_done": self.epoch_done,
             "log_lines": self.log_lines,
+            "hidden_score": json.dumps(self.hidden_score),
             "best": {k: v for k, v in self.best.items() if k != "score"} | {"score": float(self.best["score"])},
             "last_val": json.dumps(self.last_val),
             "rng": _rng_state(),
@@ -428,6 +430,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.micro_done = int(state["step"]), int(state["epoch"]), int(state["micro_done"])
         self.epoch_done = bool(state.get("epoch_done", False))
+        self.hidden_score = json.loads(state.get("hidden_score", "{}"))
         self.best = dict(state["best"])
         self.last_val = json.loads(state["last_val"])
         _set_rng_state(state["rng"])
@@ -672,11 +675,13 @@ class Trainer:
             finished = self.step >= self.total_steps or self.epoch + 1 >= tr["epochs"]
             context = self._epoch_context()
             scorer = self._hidden_scorer() if env.is_main and self.method.evolves_at(self.step) else None
-            before = scorer(self.train_bank) if scorer is not None else {}
+            if scorer is not None and not self.hidden_score:  # the MLLM's proposals, before any round
+                self.hidden_score = scorer(self.train_bank)
             epoch_logs = self.method.on_epoch_end(self.epoch, context)
             if scorer is not None and epoch_logs:
-                epoch_logs.update({f"evolve/hidden_before_{k}": v for k, v in before.items()})
-                epoch_logs.update({f"evolve/hidden_{k}": v for k, v in scorer(self.train_bank).items()})
+                epoch_logs.update({f"evolve/hidden_before_{k}": v for k, v in self.hidden_score.items()})
+                self.hidden_score = scorer(self.train_bank)
+                epoch_logs.update({f"evolve/hidden_{k}": v for k, v in self.hidden_score.items()})
             if epoch_logs:
                 self._log({"step": self.step, "epoch": self.epoch, **{f"method/{k}": v for k, v in epoch_logs.items()}})
             validate = finished or (self.epoch + 1) % tr["val_every"] == 0
