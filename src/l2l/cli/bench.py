@@ -62,15 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def default_config(name: str) -> Path:
-    """A config shipped in the repository's configs/ (the package is installed from the repo)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent / "configs" / name
-        if cand.is_file():
-            return cand
-    from l2l.errors import ConfigError
+    """A config shipped with the package (`l2l/configs/`), so a non-editable install has it too."""
+    from l2l.training.config import config_path
 
-    raise ConfigError(f"configs/{name} not found next to the installed package; pass --config")
+    return config_path(name)
 
 
 def run(args: argparse.Namespace) -> int:

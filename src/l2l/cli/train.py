@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    p.add_argument("--config", required=True, help="YAML config file, or the name of a shipped one (tiny, shaperefs, shaperefs_semi, refcoco_lavt)")
     p.add_argument("--root", help="data root (sets data.root)")
     p.add_argument("--out", required=True, help="run directory; an existing one is resumed")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-4")

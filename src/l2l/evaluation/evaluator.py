@@ -2,7 +2,7 @@
 
 Metrics are computed at the ORIGINAL image resolution: the logits (at the network's square input size) are
 upsampled bilinearly to each image's height x width and thresholded at 0 (probability 0.5), as CRIS scores.
-Two modes (method.md stage 2): "with priors" gives the network the proposal of the sample from a proposal
+Two modes (docs/method.md, stage 2): "with priors" gives the network the proposal of the sample from a proposal
 bank (the L2L setting), "prior-free" gives it none (cheaper inference; guidance dropout trained for it).
 
 Under `torch.distributed` every rank scores its shard of a `DistributedSampler`, and the records are merged

@@ -1,6 +1,6 @@
 """`RESMetric`: the field's referring-segmentation metrics, one record per sample.
 
-Definitions (docs: /work/shared/design/reference.md, "Metrics"; as in LAVT's test code):
+Definitions (docs/evaluation.md, "Metrics"; as in LAVT's test code):
 every sample contributes `I = |P and G|` and `U = |P or G|` in pixels;
 mIoU = mean of `I/U` over samples (a sample with `U = 0` counts 0), oIoU = `sum I / sum U`,
 P@X = share of samples with `I/U >= X`. Values are reported in percent.

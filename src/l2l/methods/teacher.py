@@ -1,4 +1,4 @@
-"""The EMA teacher and the weak/strong views shared by every teacher-student method (method.md stage 3).
+"""The EMA teacher and the weak/strong views shared by every teacher-student method (docs/method.md, stage 3).
 
 The teacher is an exponential moving average of the student: slower and smoother, so its predictions on the
 weak view are better pseudo-labels than the student's own. The student sees a strong photometric view of the

@@ -1,4 +1,4 @@
-"""The RES network (method.md stage 2): encoders, pixel-word fusion, SESM, decoder, checkpoints."""
+"""The RES network (docs/method.md, stage 2): encoders, pixel-word fusion, SESM, decoder, checkpoints."""
 
 from l2l.model.config import ModelConfig
 from l2l.model.modeling import SESM, Decoder, PixelWordAttention, RESModel

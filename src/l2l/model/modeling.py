@@ -1,6 +1,6 @@
 """The RES network: encoders, pixel-word fusion, SESM guidance, top-down decoder, checkpoints.
 
-Data flow per stage s (strides 4, 8, 16, 32), method.md stage 2:
+Data flow per stage s (strides 4, 8, 16, 32), docs/method.md stage 2:
 
     V_s = vision stage s (input: previous stage's gated output)
     M_s = PixelWordAttention(V_s, words)              multimodal features, `dim` channels

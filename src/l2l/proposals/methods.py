@@ -1,4 +1,4 @@
-"""Soft segmentation proposals from a prior (method.md stage 1): box, gaussian, grabcut (sam in `sam.py`).
+"""Soft segmentation proposals from a prior (docs/method.md, stage 1): box, gaussian, grabcut (sam in `sam.py`).
 
 A proposal is a float32 map in [0, 1] at the image's original resolution plus a quality estimate, the
 expected IoU of the thresholded map with the referred object. For the weight-free methods the quality is

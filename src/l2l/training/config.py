@@ -250,13 +250,37 @@ def resolve_config(file_cfg: dict[str, Any] | None = None, overrides: list[str] 
     return cfg
 
 
+def shipped_configs() -> list[str]:
+    """Names of the configs installed with the package (`l2l/configs/*.yaml`)."""
+    from importlib.resources import files
+
+    return sorted(p.name[: -len(".yaml")] for p in files("l2l").joinpath("configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def config_path(name: str | Path) -> Path:
+    """A YAML path as given, or the shipped config of that name (`tiny`, `shaperefs_semi`, `refcoco_lavt`, ...)."""
+    path = Path(name)
+    if path.exists() or path.parent != Path(".") or str(name) == "":
+        return path
+    from importlib.resources import files
+
+    stem = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    shipped = Path(str(files("l2l").joinpath("configs", f"{stem}.yaml")))
+    return shipped if shipped.is_file() else path
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a YAML config file and apply overrides; every problem is a ConfigError naming the file."""
-    path = Path(path)
+    """Read a YAML config file (a path, or the name of a shipped config) and apply overrides; every problem is a
+    ConfigError naming the file."""
+    path = config_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: config file not found") from exc
+        names = ", ".join(shipped_configs())
+        raise ConfigError(f"{path}: config file not found (shipped configs: {names})") from exc
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a UTF-8 YAML file ({type(exc).__name__})") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
