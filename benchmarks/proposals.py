@@ -17,7 +17,6 @@ Writes benchmarks/results/proposals.md and proposals.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile

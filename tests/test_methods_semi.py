@@ -10,7 +10,7 @@ import torch
 
 from l2l.errors import DataError
 from l2l.methods import METHODS, build_method
-from l2l.methods.l2l import L2LMethod, candidate_label
+from l2l.methods.l2l import candidate_label
 from l2l.methods.prior_only import ProposalAsLogits
 from l2l.methods.rple import (ACTIONS, REJECT, RPLE, STATE_FEATURES, BCESelector, action_labels, label_quality,
                               sample_state, with_reject)

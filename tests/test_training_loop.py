@@ -54,7 +54,7 @@ def test_trains_validates_and_saves(root: Path, tmp_path: Path) -> None:
     assert [r["epoch"] for r in vals] == [0, 1]
     assert vals[-1]["val/prior_free/n"] == 6
     losses = [r["train/loss"] for r in records if "train/loss" in r]
-    assert len(losses) == summary["steps"] and all(l == l for l in losses)
+    assert len(losses) == summary["steps"] and all(loss == loss for loss in losses)
     assert "label_ratio | 0.25" in (run / "best" / "README.md").read_text()
     # The saved model scores what validation logged (same Processor, same data).
     model = RESModel.from_pretrained(run / "last")

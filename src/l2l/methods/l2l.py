@@ -217,7 +217,6 @@ class L2LMethod(TeacherStudentMethod):
     def train_step(self, batch_l: dict, batch_u: dict | None, step: int) -> StepOutput:
         batch_u = check_unlabelled(batch_u, self.name)
         device = batch_l["pixel_values"].device
-        n_l = batch_l["pixel_values"].shape[0]
         self.teacher.follow_device(self.model)
         proxy = self.proxy_rows(batch_l, step).to(device)
         # the teacher sees the proxy rows and the unlabelled batch (no other labelled row needs its opinion)

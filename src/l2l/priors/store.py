@@ -81,7 +81,7 @@ class PriorsFile:
                     f.truncate(keep)
                     f.flush()
                     os.fsync(f.fileno())
-            self.done = {Prior.from_json(l.decode("utf-8")).sample_id for l in lines if l.strip()}
+            self.done = {Prior.from_json(line.decode("utf-8")).sample_id for line in lines if line.strip()}
         self._fh = open(self.path, "ab")
         return self
 

@@ -240,7 +240,7 @@ def render_gallery(trainer: Any, data_root: Path, path: Path, n: int = 6) -> tup
         prior = trainer.priors.get(sid)
         q0 = make_proposal(trainer.cfg["data"]["proposal"], img, prior).map
         gt = full.mask(by_id[sid])
-        def at_image_size(square: torch.Tensor) -> np.ndarray:  # model-resolution map -> the image's own size
+        def at_image_size(square: torch.Tensor, w: int = w, h: int = h) -> np.ndarray:  # model side -> image side
             return cv2.resize(square.float().cpu().numpy(), (w, h), interpolation=cv2.INTER_NEAREST)
 
         panels = [img, q0, at_image_size(q[r, 0]), at_image_size(label[r, 0]), gt]
