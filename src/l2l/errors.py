@@ -17,5 +17,9 @@ class CheckpointError(L2LError):
     """A checkpoint directory that is missing files or cannot be loaded."""
 
 
+class TrainingError(L2LError):
+    """A run that cannot go on (its loss turned non-finite); the message says what was kept."""
+
+
 class InputError(L2LError):
     """Bad input to prediction or a command (unreadable image, empty text, ...)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,13 @@ DEFAULTS: dict[str, Any] = {
 }
 
 SECTIONS = tuple(DEFAULTS)
+
+
+def cfg_value(cfg: dict[str, Any], dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def _nearest(key: str, valid: list[str]) -> str:
@@ -208,7 +216,22 @@ def _resolve_method(cfg: dict[str, Any], source: str) -> None:
     cfg["method"] = resolved
 
 
+def _non_finite(tree: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is a float NaN or infinity (YAML reads `.nan`, `.inf`, `nan` strings coerce)."""
+    if isinstance(tree, dict):
+        return [k for key, value in tree.items() for k in _non_finite(value, f"{prefix}{key}.")]
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return [prefix[:-1]]
+    return []
+
+
 def _validate(cfg: dict[str, Any], source: str) -> None:
+    bad = _non_finite(cfg)
+    if bad:
+        raise ConfigError(f"{source}: {bad[0]}={cfg_value(cfg, bad[0])} is not a finite number")
+    if cfg["data"]["max_val_samples"] < 0:
+        raise ConfigError(f"{source}: data.max_val_samples={cfg['data']['max_val_samples']} must not be negative "
+                          "(0 = the whole validation split)")
     train = cfg["train"]
     for key in ("epochs", "batch_size", "unlabelled_batch_size", "eval_batch_size", "grad_accum", "val_every", "log_every", "checkpoint_every"):
         if train[key] < 1:

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from l2l.data.dataset import DataId, RESDataset
 from l2l.data.refer import ReferData
 from l2l.data.splits import make_split
-from l2l.errors import CheckpointError, ConfigError
+from l2l.errors import CheckpointError, ConfigError, TrainingError
 from l2l.evaluation.evaluator import evaluate
 from l2l.methods import build_method, get_method_class
 from l2l.methods.teacher import EMATeacher
@@ -626,6 +626,10 @@ class Trainer:
                 batch_u = move_batch(next(u_stream), env.device) if u_stream is not None else None
                 with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=amp):
                     out = self.method.train_step(batch_l, batch_u, self.step)
+                if not bool(torch.isfinite(out.loss.detach())):
+                    raise TrainingError(
+                        f"{self.run_dir}: the loss is {float(out.loss.detach())} at step {self.step}; training stopped. "
+                        f"{CHECKPOINT}, best/ and last/ keep the last finite state (lower train.lr, or check the data)")
                 (out.loss / group_size).backward()
                 self.micro_done += 1
                 images += len(batch_l["sample_ids"])

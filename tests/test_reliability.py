@@ -1,0 +1,106 @@
+"""Nothing lost, nothing silent: bad numbers fail fast, a diverging run stops with its last good state, a torn
+metrics line does not block resume, and a run killed right after self-evolution resumes to the same result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from l2l.cli.main import main
+from l2l.training.config import load_config
+from l2l.training.trainer import CHECKPOINT, Trainer
+
+FAST = ["model.image_size=32", "model.dim=16", "model.decoder_dim=16", "train.batch_size=8",
+        "train.eval_batch_size=8", "data.max_val_samples=6", "train.log_every=1", "data.ratio=0.25"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("override", ["train.lr=.inf", "train.poly_power=nan", "train.lr=nan",
+                                      "train.weight_decay=-.inf", "data.max_val_samples=-1"])
+def test_bad_numbers_are_one_line_and_exit_2(override: str, root: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    code = main(["train", "--config", "tiny", "--root", str(root), "--out", str(tmp_path / "run"), override])
+    err = capsys.readouterr().err
+    assert code == 2 and override.split("=")[0] in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "best").exists()
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(root: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    code = main(["train", "--config", "tiny", "--root", str(root), "--out", str(run), *FAST, "train.lr=1e12",
+                 "train.checkpoint_every=1", "train.epochs=50"])
+    err = capsys.readouterr().err
+    assert code == 2 and "training stopped" in err and "Traceback" not in err
+    assert not (run / "best").exists() and not (run / "last").exists()  # nothing NaN is called best
+    state = torch.load(run / CHECKPOINT, weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_a_torn_metrics_line_does_not_block_resume(root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = load_config("tiny", [f"data.root={root}", *FAST, "train.epochs=2", "train.stop_after_steps=2",
+                                   "train.checkpoint_every=1"])
+    Trainer(cfg, run).fit()
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 3, "train/lo')  # killed mid-write
+    cfg = load_config("tiny", [f"data.root={root}", *FAST, "train.epochs=2", "train.checkpoint_every=1"])
+    summary = Trainer(cfg, run).fit()
+    assert summary["resumed"]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # every line parses; the torn one is gone
+    steps = [json.loads(line)["step"] for line in lines if "train/loss" in line]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+
+
+class _Killed(Exception):
+    """Stands in for SIGKILL: raised right after the checkpoint that follows a self-evolution round."""
+
+
+def _l2l_cfg(root: Path) -> dict:
+    return load_config("tiny", [f"data.root={root}", *FAST, "model.use_sesm=true", "data.proposal=gaussian",
+                                "method.name=l2l", "data.ratio=0.2", "train.epochs=6", "train.val_every=3",
+                                "train.batch_size=4", "train.unlabelled_batch_size=4", "method.evolve_start=0.2"])
+
+
+def _bank_rows(run: Path) -> dict[str, bytes]:
+    from l2l.proposals.bank import ProposalBank
+
+    (bank_dir,) = [p for p in (run / "cache").glob("*/*") if (p / "index.json").is_file()]
+    bank = ProposalBank.open(bank_dir)
+    return {sid: bank.get(sid).tobytes() for sid in bank.ids()}
+
+
+def _comparable(run: Path) -> list[dict]:
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "train/images_per_s"} for r in recs]
+
+
+def test_killed_right_after_self_evolution_resumes_to_the_uninterrupted_result(
+        root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = tmp_path / "whole"
+    Trainer(_l2l_cfg(root), whole).fit()
+    rounds = [r for r in _comparable(whole) if "method/evolve/round" in r]
+    assert len(rounds) == 2 and all(r["method/evolve/written"] in (0.0, 1.0) for r in rounds)
+
+    killed = tmp_path / "killed"
+    real_save = Trainer.save_checkpoint
+
+    def save_then_die(self: Trainer) -> None:
+        real_save(self)
+        if self.epoch_done and len(self.method.history) == 1:  # the save that makes round 1 durable
+            raise _Killed
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        Trainer(_l2l_cfg(root), killed).fit()
+    monkeypatch.setattr(Trainer, "save_checkpoint", real_save)
+    summary = Trainer(_l2l_cfg(root), killed).fit()
+    assert summary["resumed"]
+    assert _bank_rows(killed) == _bank_rows(whole)  # the round was applied once, not twice
+    assert _comparable(killed) == _comparable(whole)
