@@ -1,7 +1,8 @@
 """`l2l demo`: the whole L2L loop on the embedded ShapeRefs benchmark, on a laptop CPU in minutes.
 
-Steps: generate ShapeRefs (cached), simulated-MLLM priors and soft proposals (cached), train `supervised` and
-`l2l` at 1% labels with one schedule, score both on the test splits with priors and prior-free, then write
+Steps: generate ShapeRefs (cached), simulated-MLLM priors and soft proposals (cached), score `prior_only` (the
+thresholded proposal) and train `supervised` and `l2l` at 1% labels with one schedule, score them on the test
+splits with priors and prior-free, then write
 `results.json`, prediction overlays and a pseudo-label gallery (PNG + one HTML page).
 
 The priors come from a *simulated* MLLM (ground-truth boxes with calibrated errors), never a real model.
@@ -103,7 +104,7 @@ def run_demo(
     trainers: dict[str, Any] = {}
     test = _test_set(data_root, test_splits)
     bank = None
-    for method in ("supervised", "l2l"):
+    for method in ("prior_only", "supervised", "l2l"):
         t0 = time.perf_counter()
         cfg = load_config(config, [*DEMO_OVERRIDES, f"method.name={method}", *overrides,
                                    f"data.root={data_root}", "data.ratio=0.01", f"data.split_seed={seed}",
@@ -122,7 +123,7 @@ def run_demo(
                 for s in test_splits
             ])
         by_mode = {}
-        for mode in ("prior", "prior_free"):
+        for mode in ("prior",) if method == "prior_only" else ("prior", "prior_free"):
             log(f"[{method}] evaluating on {'+'.join(test_splits)} ({len(test)} sentences, {mode.replace('_', '-')})")
             m = evaluate(trainer.eval_network(), test, trainer.processor, bank=bank, use_priors=mode == "prior",
                          batch_size=cfg["train"]["eval_batch_size"], progress=sys.stderr.isatty(),
