@@ -111,7 +111,7 @@ def test_candidate_label_anneals_from_prior_to_teacher() -> None:
 def test_sample_state_features() -> None:
     b = make_batch(3, size=32)
     p = b["proposal"].clone()  # a teacher that agrees with the proposal exactly
-    state = sample_state(p, b["proposal"], p, b["boxes"], b["prior_conf"], b["has_proposal"], 0.25)
+    state = sample_state(p, b["proposal"], b["boxes"], b["prior_conf"], b["has_proposal"], 0.25)
     assert state.shape == (3, len(STATE_FEATURES)) and torch.isfinite(state).all()
     col = {name: state[:, i] for i, name in enumerate(STATE_FEATURES)}
     assert col["iou_teacher_proposal"][:2].tolist() == [1.0, 1.0]
@@ -256,7 +256,7 @@ def test_no_rple_keeps_confident_mixture_pixels() -> None:
     p = torch.full_like(batch["proposal"], 1.0)
     batch["proposal"] = torch.zeros_like(p)
     batch["proposal"][0, 0, :, :16] = 1.0  # left half agrees with the teacher, right half does not
-    decisions = method.decide(batch, p, p, 0)
+    decisions = method.decide(batch, p, 0)
     target, weight = method.pseudo_labels(batch, p, decisions, 0)
     assert bool((weight[0, 0, :, :16] == 1).all()) and bool((weight[0, 0, :, 16:] == 0).all())
     assert bool((weight[1] == 0).all())  # its prior failed

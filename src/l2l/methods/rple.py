@@ -2,8 +2,9 @@
 
 For every unlabelled sample the policy chooses one of `ACTIONS`: the (evolving) proposal `q`, the teacher `p`, their
 mixture `m = a p + (1 - a) q`, or no label at all. It sees what an annotator would weigh (`STATE_FEATURES`: how much
-teacher, proposal and student agree, how sure the teacher is, whether the teacher's mask sits in the MLLM's box,
-the MLLM's confidence, training progress), never the ground truth.
+teacher and proposal agree, how sure the teacher is, whether the teacher's mask sits in the MLLM's box, the MLLM's
+confidence, training progress), never the ground truth. The state is built from the teacher and the proposal
+only, so a self-evolution round (one teacher pass over D_u) sees exactly the states training saw.
 
 Why a per-sample source choice and not per-pixel accept/reject: independent per-pixel decisions with an additive
 correctness reward are one-step bandits whose optimum is a fixed threshold on P(right | state); when candidates are
@@ -39,8 +40,6 @@ MIXTURE = ACTIONS.index("mixture")
 
 STATE_FEATURES: tuple[str, ...] = (
     "iou_teacher_proposal",  # IoU(p > .5, q > .5)
-    "iou_student_teacher",  # IoU(student > .5, p > .5): consistency across the two views
-    "iou_student_proposal",
     "teacher_entropy",  # mean binary entropy of p over the union of both masks, in bits
     "disagreement",  # mean |p - q| over that union
     "teacher_area",  # sqrt of the teacher mask's share of the image
@@ -87,18 +86,17 @@ def box_mask(boxes: torch.Tensor, valid: torch.Tensor, size: int) -> torch.Tenso
     return (inside & ok.view(b, 1, 1)).unsqueeze(1)
 
 
-def sample_state(p: torch.Tensor, q: torch.Tensor, student: torch.Tensor, boxes: torch.Tensor,
-                 prior_conf: torch.Tensor, has_proposal: torch.Tensor, progress: float) -> torch.Tensor:
+def sample_state(p: torch.Tensor, q: torch.Tensor, boxes: torch.Tensor, prior_conf: torch.Tensor,
+                 has_proposal: torch.Tensor, progress: float) -> torch.Tensor:
     """The policy's input `[B, len(STATE_FEATURES)]` from maps `[B, 1, S, S]` in [0, 1]; no ground truth."""
     has = has_proposal.to(p.device).bool()
     q = q.to(p.device).float() * has.float().view(-1, 1, 1, 1)
-    student = student.to(p.device).float()
-    pm, qm, sm = p > 0.5, q > 0.5, student > 0.5
+    pm, qm = p > 0.5, q > 0.5
     union = pm | qm
     inbox = box_mask(boxes.to(p.device), has, p.shape[-1])
     n = float(p[0].numel())
     feats = [
-        mask_iou(pm, qm), mask_iou(sm, pm), mask_iou(sm, qm),
+        mask_iou(pm, qm),
         _masked_mean(binary_entropy(p), union), _masked_mean((p - q).abs(), union),
         torch.sqrt(pm.flatten(1).float().sum(1) / n), torch.sqrt(qm.flatten(1).float().sum(1) / n),
         _masked_mean(inbox.float(), pm), torch.sqrt(inbox.flatten(1).float().sum(1) / n),

@@ -220,11 +220,9 @@ def render_gallery(trainer: Any, data_root: Path, path: Path, n: int = 6) -> tup
     collate = Collator(proc, bank=trainer.input_bank, priors=trainer.priors, label_bank=evolving)
     batch = collate([SeededItems(unl)[(int(i), 0)] for i in ids])
     batch = move_batch(batch, trainer.env.device)
-    net = method.model
     p = method.teacher_probs(batch)
-    student = torch.sigmoid(net(**method.inputs(batch))["logits"].float())
     q = label_proposal(batch)
-    decisions = method.decide(batch, p, student, method.total_steps)
+    decisions = method.decide(batch, p, method.total_steps)
     target, weight = method.pseudo_labels(batch, p, decisions, method.total_steps)
     label = target * weight  # what the student would be taught (nothing where the policy rejects)
     full = RESDataset(data_root, trainer.train_id)  # evaluation-only view with masks
