@@ -171,3 +171,19 @@ def test_bench_plots_and_evolution_series_over_seeds(tmp_path: Path) -> None:
     assert evolution_series(tmp_path) == {("l2l/r0.01", "hidden D_u masks"): {0: [68.0, 68.0], 1: [66.0, 64.0]}}
     assert plot_evolution(tmp_path, tmp_path / "evo.png")
     assert (tmp_path / "evo.png").stat().st_size > 0
+
+
+def test_results_page_quotes_the_grid_table_and_keeps_its_prose(tmp_path: Path) -> None:
+    from l2l.training.bench import update_doc
+
+    out = tmp_path / "dev_val"
+    out.mkdir()
+    (out / "table.md").write_text("# Benchmark results\n\nCommand: `x`\n\n## val\n\n| a | 1.00 |\n")
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\nprose before\n\n<!-- bench:dev_val -->\nold\n<!-- /bench:dev_val -->\n\nprose after\n")
+    update_doc(doc, out)
+    text = doc.read_text()
+    assert "prose before" in text and "prose after" in text and "old" not in text and "| a | 1.00 |" in text
+    (out / "table.md").write_text("# Benchmark results\n\n| a | 2.00 |\n")
+    update_doc(doc, out)
+    assert "| a | 2.00 |" in doc.read_text() and "| a | 1.00 |" not in doc.read_text()

@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                    help="cells to train at once, each in its own process with train.threads=1 unless set "
                         "(default 1: one after the other in this process)")
+    p.add_argument("--doc", type=Path, default=None, metavar="MD",
+                   help="also put the table into this page between <!-- bench:OUTNAME --> markers (docs/results.md)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (applied to every run)")
     p.set_defaults(func=run)
 
@@ -69,7 +71,7 @@ def default_config(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from l2l.training.bench import ALL_METHODS, QUICK_METHODS, grid_cells, report_grid, run_grid
+    from l2l.training.bench import ALL_METHODS, QUICK_METHODS, grid_cells, report_grid, run_grid, update_doc
     from l2l.training.demo import ensure_shaperefs
 
     root = Path(args.root)
@@ -84,11 +86,15 @@ def run(args: argparse.Namespace) -> int:
     command = "l2l bench " + " ".join(shlex.quote(a) for a in sys.argv[2:] if a != "--report-only")
     if args.report_only:
         report_grid(cells, args.out, command, log=lambda m: print(m, file=sys.stderr))
+        if args.doc is not None:
+            update_doc(args.doc, Path(args.out))
         print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
         return 0
     run_grid(
         config=config, root=root, dataset=args.dataset, split_by=args.split_by, cells=cells, out=args.out,
         eval_splits=args.eval_splits, overrides=args.overrides, command=command, jobs=args.jobs,
     )
+    if args.doc is not None:
+        update_doc(args.doc, Path(args.out))
     print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
     return 0

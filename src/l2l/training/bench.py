@@ -300,6 +300,23 @@ def write_outputs(out: Path, records: list[dict[str, Any]], command: str) -> lis
     return rows
 
 
+def update_doc(doc: Path, out: Path) -> None:
+    """Put the grid's `table.md` into `doc` between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` (NAME: the
+    grid directory's name), so a results page quotes exactly what `results.json` gives, never a hand-edited copy.
+    The rest of the page (the prose) is left as it is; a page without the markers gets them appended."""
+    name = out.name
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    body = (out / "table.md").read_text(encoding="utf-8").replace("# Benchmark results", "").strip()
+    body = body.replace("\n## ", "\n#### ")
+    block = f"{start}\n{body}\n{end}"
+    text = doc.read_text(encoding="utf-8") if doc.is_file() else ""
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
+    atomic_write_text(doc, text)
+
+
 def grid_cells(
     methods: Sequence[str], ratios: Sequence[float], seeds: Sequence[int], full: bool = True, ablations: bool = False
 ) -> list[tuple[str, float, int]]:
