@@ -137,7 +137,7 @@ def test_429_and_500_are_retried_with_backoff_honouring_retry_after(serve, sleep
 def test_retries_run_out_into_a_recorded_failure(serve, sleeps: list[float]) -> None:
     server = serve(lambda i, body: (503, {}, b"busy"))
     [p] = OpenAIProvider(server.url, "m", max_retries=2, backoff=1.0, max_backoff=1.5).predict([_req()])
-    assert p.status == "failed" and p.reason == "request failed after 3 tries: HTTP 503"
+    assert p.status == "failed" and p.reason == "transport error: request failed after 3 tries: HTTP 503" and p.transport_failure
     assert len(server.requests) == 3 and sleeps == [1.0, 1.5]
 
 
@@ -159,7 +159,7 @@ def test_a_hanging_server_times_out(serve, sleeps: list[float]) -> None:
     t0 = time.monotonic()
     [p] = OpenAIProvider(server.url, "m", timeout=0.3, max_retries=1).predict([_req()])
     assert time.monotonic() - t0 < 3.0
-    assert p.status == "failed" and p.reason == "request failed after 2 tries: timeout"
+    assert p.status == "failed" and p.reason == "transport error: request failed after 2 tries: timeout"
     assert len(sleeps) == 1
 
 
@@ -202,3 +202,36 @@ def test_bad_options_are_config_errors() -> None:
         OpenAIProvider("localhost:8000", "m")
     with pytest.raises(ConfigError):
         OpenAIProvider("http://x/v1", "m", answer_format="yolo")
+
+
+def test_transport_failures_are_asked_again_and_answer_failures_kept(root, tmp_path, serve, sleeps,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """Server down: exit 1 with the summary, nothing counted as done. Server back: those samples are asked again;
+    a model-answer failure (no box) stays unless --retry-failed."""
+    import socket
+
+    from l2l.cli.main import main
+    from l2l.priors import load_priors
+
+    out = tmp_path / "priors.jsonl"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+
+    def run(url: str, *extra: str) -> int:
+        return main(["priors", "run", "--root", str(root), "--data", "shaperefs/unc/val", "--provider", "openai",
+                     "--base-url", url, "--model", "m", "--max-retries", "0", "--limit", "3", "--out", str(out),
+                     "--no-progress", *extra])
+
+    assert run(down) == 1
+    captured = capsys.readouterr()
+    assert "transport" in captured.err and "Traceback" not in captured.err and "samples: 3" in captured.out
+    assert all(p.transport_failure for p in load_priors(out).values())
+    server = serve(lambda i, body: completion("I cannot find it.") if i == 0 else completion(GOOD))
+    assert run(server.url) == 0
+    priors = load_priors(out)  # one prior per sample, no duplicates
+    assert len(priors) == 3 and len(server.requests) == 3
+    assert sum(p.ok for p in priors.values()) == 2 and not any(p.transport_failure for p in priors.values())
+    assert run(server.url) == 0 and len(server.requests) == 3  # the answer failure is kept
+    assert run(server.url, "--retry-failed") == 0 and len(server.requests) == 4
+    assert all(p.ok for p in load_priors(out).values())

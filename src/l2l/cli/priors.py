@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--batch-size", type=int, help="requests per batch (default: the provider's)")
     run.add_argument("--limit", type=int, help="only the first N samples (a quick trial)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="also ask again for priors whose model answer failed (transport failures always are)")
     g = run.add_argument_group("qwen2.5-vl / qwen2-vl")
     g.add_argument("--checkpoint", type=Path, help="local transformers checkpoint directory")
     g.add_argument("--device", default="auto", help="torch device (default: cuda if available)")
@@ -155,9 +157,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("provider: SIMULATED MLLM (ground truth + calibrated error model; synthetic benchmark only)",
               file=sys.stderr)
     summary = run_priors(dataset, provider, args.out, batch_size=args.batch_size, limit=args.limit,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, retry_failed=args.retry_failed)
     print(f"priors [{provider.name}] {data_id} ({subset}) -> {args.out}")
     print("\n".join(summary.lines()))
+    if summary.all_transport_failed:
+        print(f"error: every request failed for a transport reason (is {provider.name} reachable?); "
+              "rerun when it is: those samples are asked again", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from l2l.errors import ConfigError
 from l2l.priors.base import PROMPTS, PriorProvider, PriorRequest, confidence_from_logprobs
 from l2l.priors.parse import parse_answer
-from l2l.priors.prior import Prior
+from l2l.priors.prior import TRANSPORT_FAILURE, Prior
 
 ANSWER_FORMATS = ("qwen2.5-vl", "qwen2-vl", "pixels")
 # Qwen2-VL / Qwen2.5-VL image processor defaults (what a server uses unless configured otherwise).
@@ -147,8 +147,8 @@ class OpenAIProvider(PriorProvider):
                 break
             except _Retryable as exc:
                 if attempt == self.max_retries:
-                    return Prior.failed(req.sample_id, f"request failed after {attempt + 1} tries: {exc.reason}",
-                                        provider=self.name)
+                    return Prior.failed(req.sample_id, f"{TRANSPORT_FAILURE}request failed after {attempt + 1} "
+                                        f"tries: {exc.reason}", provider=self.name)
                 wait = exc.wait if exc.wait is not None else self.backoff * 2**attempt
                 time.sleep(min(wait, self.max_backoff))
             except ValueError as exc:

@@ -19,6 +19,9 @@ STATUSES = ("ok", "failed")
 # Used when a provider gives no token log-probabilities: an uninformative middle value, so that
 # confidence-weighted code treats such priors as neither trusted nor distrusted.
 DEFAULT_CONFIDENCE = 0.5
+# Reason prefix of a failure that says nothing about the sample (server down, timeouts, 429/5xx after the retries):
+# the next run asks again instead of keeping the failure.
+TRANSPORT_FAILURE = "transport error: "
 
 
 @dataclass
@@ -37,6 +40,11 @@ class Prior:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def transport_failure(self) -> bool:
+        """A failure of the connection, not of the model's answer: worth asking again on the next run."""
+        return self.status == "failed" and self.reason.startswith(TRANSPORT_FAILURE)
 
     @classmethod
     def failed(cls, sample_id: str, reason: str, raw: str = "", provider: str = "",

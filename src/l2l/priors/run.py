@@ -28,25 +28,39 @@ class RunSummary:
     ok: int = 0
     failed: Counter = field(default_factory=Counter)
     truncated_bytes: int = 0
+    retried: int = 0  # failed priors of an earlier run asked again
+    transport_failed: int = 0  # failures of the connection (asked again by the next run)
+
+    @property
+    def all_transport_failed(self) -> bool:
+        """Every prior written now failed for a transport reason: the provider is unreachable, not the data bad."""
+        return self.written > 0 and self.transport_failed == self.written
 
     def lines(self) -> list[str]:
         out = [f"samples: {self.total}  already done: {self.skipped}  written now: {self.written} "
                f"(ok {self.ok}, failed {sum(self.failed.values())})"]
         if self.truncated_bytes:
             out.insert(0, f"recovered from a crash: cut a torn last line ({self.truncated_bytes} bytes), redone")
+        if self.retried:
+            out.insert(0, f"asked again for {self.retried} failed prior(s) of an earlier run")
+        if self.transport_failed:
+            out.append(f"  {self.transport_failed} transport failure(s) will be asked again by the next run")
         for reason, n in self.failed.most_common():
             out.append(f"  failed: {n:6d}  {reason}")
         return out
 
 
 def run_priors(dataset: RESDataset, provider: PriorProvider, out: str | os.PathLike,
-               batch_size: int | None = None, limit: int | None = None, progress: bool = True) -> RunSummary:
-    """Write one prior per sample of `dataset` (the first `limit` samples if given) to `out`."""
+               batch_size: int | None = None, limit: int | None = None, progress: bool = True,
+               retry_failed: bool = False) -> RunSummary:
+    """Write one prior per sample of `dataset` (the first `limit` samples if given) to `out`; transport failures
+    of earlier runs (and with `retry_failed` every failure) are asked again."""
     batch_size = batch_size or provider.batch_size
     indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
-    with PriorsFile(out) as store:
+    with PriorsFile(out, retry_failed=retry_failed) as store:
         todo = [i for i in indices if dataset.samples[i].sample_id not in store.done]
-        summary = RunSummary(len(indices), len(indices) - len(todo), truncated_bytes=store.truncated_bytes)
+        summary = RunSummary(len(indices), len(indices) - len(todo), truncated_bytes=store.truncated_bytes,
+                             retried=store.retried)
         bar = tqdm(total=len(todo), desc=f"priors [{provider.name}]", unit="sample", disable=not progress,
                    dynamic_ncols=True)
         try:
@@ -68,6 +82,7 @@ def run_priors(dataset: RESDataset, provider: PriorProvider, out: str | os.PathL
                         summary.ok += 1
                     else:
                         summary.failed[p.reason] += 1
+                        summary.transport_failed += int(p.transport_failure)
                 bar.update(len(priors))
         finally:
             bar.close()

@@ -55,10 +55,14 @@ def load_priors(path: str | os.PathLike) -> dict[str, Prior]:
 class PriorsFile:
     """An append-only priors file for one run; `done` holds the sample ids already written."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, retry_failed: bool = False) -> None:
+        """`retry_failed`: also ask again for samples whose model answer failed (no box, malformed); transport
+        failures (server down, timeouts) are always asked again."""
         self.path = Path(path)
+        self.retry_failed = retry_failed
         self.done: set[str] = set()
         self.truncated_bytes = 0
+        self.retried = 0  # failed priors dropped from the file to be asked again
         self._fh = None
 
     def open_for_append(self) -> "PriorsFile":
@@ -81,7 +85,13 @@ class PriorsFile:
                     f.truncate(keep)
                     f.flush()
                     os.fsync(f.fileno())
-            self.done = {Prior.from_json(line.decode("utf-8")).sample_id for line in lines if line.strip()}
+            priors = [(line, Prior.from_json(line.decode("utf-8"))) for line in lines if line.strip()]
+            kept = [(line, p) for line, p in priors
+                    if not (p.transport_failure or (self.retry_failed and p.status == "failed"))]
+            if len(kept) < len(priors):  # rewrite without them, so the file still holds one prior per sample
+                self.retried = len(priors) - len(kept)
+                atomic_write_text(self.path, "".join(line.decode("utf-8") + "\n" for line, _ in kept))
+            self.done = {p.sample_id for _, p in kept}
         self._fh = open(self.path, "ab")
         return self
 
