@@ -195,3 +195,31 @@ def test_cli_user_errors_exit_2(root: Path, tmp_path: Path, capsys: pytest.Captu
     args = ["priors", "run", "--root", str(root), "--data", "refcoco/unc/train", "--out", str(tmp_path / "x")]
     assert main(args + extra) == 2
     assert message in capsys.readouterr().err
+
+
+def test_priors_from_any_provider_are_checked_against_the_image(tmp_path: Path) -> None:
+    from l2l.data.dataset import DataId
+    from l2l.data.shaperefs import generate
+
+    generate(tmp_path / "data", 20, seed=0, progress=False, workers=1)
+    data = RESDataset(tmp_path / "data", DataId("shaperefs", "unc", "train"))
+    s = data.samples[:5]
+    w = s[0].width
+    rows = [  # out of the image, inverted, zero area, a NaN point on a good box, a box spilling over the border
+        {"sample_id": s[0].sample_id, "box": [w + 5, 0, w + 20, 10]},
+        {"sample_id": s[1].sample_id, "box": [30, 30, 10, 10]},
+        {"sample_id": s[2].sample_id, "box": [10, 10, 10.5, 30]},
+        {"sample_id": s[3].sample_id, "box": [5, 5, 20, 20], "points": [[float("nan"), 3, 1], [8, 9, 1]]},
+        {"sample_id": s[4].sample_id, "box": [-10, -10, 20, 20]},
+    ]
+    src = tmp_path / "given.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "checked.jsonl"
+    summary = run_priors(data, JsonlProvider(src), out, limit=5, progress=False)
+    got = load_priors(out)
+    reasons = [got[x.sample_id].reason for x in s[:3]]
+    assert [got[x.sample_id].status for x in s] == ["failed", "failed", "failed", "ok", "ok"]
+    assert "outside" in reasons[0] and "inverted" in reasons[1] and "degenerate" in reasons[2]
+    assert got[s[3].sample_id].points == [(8.0, 9.0, 1)]
+    assert got[s[4].sample_id].box == [0.0, 0.0, 20.0, 20.0]
+    assert summary.ok == 2 and sum(summary.failed.values()) == 3

@@ -217,3 +217,41 @@ def parse_answer(text: str, expression: str, width: int, height: int,
         if s > best_score:
             best, best_box, best_score = c, box, s
     return Parsed(best_box, _points(best, width, height), "")
+
+
+INVERTED = "inverted box"
+
+
+def check_against_image(prior: Any, width: int, height: int) -> Any:
+    """The same checks as for parsed answers, for a prior from any provider (a JSONL file, a custom provider): a
+    box must be four finite numbers x1 < x2, y1 < y2 overlapping the image (clipped to it) and at least 1 px wide
+    and tall, else the prior becomes a recorded failure; points that are not finite numbers inside the image are
+    dropped. Returns the (possibly new) prior."""
+    import dataclasses
+    import math
+
+    if prior.status != "ok" or prior.box is None:
+        return prior
+    vals = [_as_float(v) for v in prior.box] if isinstance(prior.box, (list, tuple)) and len(prior.box) == 4 else None
+    reason = ""
+    if vals is None or any(v is None or not math.isfinite(v) for v in vals):
+        reason = MALFORMED
+    else:
+        x1, y1, x2, y2 = vals
+        if x1 > x2 or y1 > y2:
+            reason = INVERTED
+        elif x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+            reason = OUTSIDE
+        else:
+            x1, x2, y1, y2 = max(0.0, x1), min(float(width), x2), max(0.0, y1), min(float(height), y2)
+            if x2 - x1 < 1.0 or y2 - y1 < 1.0:
+                reason = DEGENERATE
+    if reason:
+        return type(prior).failed(prior.sample_id, f"{reason} (checked against the {width}x{height} image)",
+                                  prior.raw, prior.provider, prior.confidence)
+    points = []
+    for p in prior.points or []:
+        xy = [_as_float(v) for v in p[:2]] if isinstance(p, (list, tuple)) and len(p) >= 3 else [None]
+        if all(v is not None and math.isfinite(v) for v in xy) and 0 <= xy[0] < width and 0 <= xy[1] < height:
+            points.append((xy[0], xy[1], int(p[2])))
+    return dataclasses.replace(prior, box=[x1, y1, x2, y2], points=points)

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from l2l.data.dataset import RESDataset
 from l2l.priors.base import PriorProvider, PriorRequest
+from l2l.priors.parse import check_against_image
 from l2l.priors.store import PriorsFile
 
 
@@ -75,6 +76,7 @@ def run_priors(dataset: RESDataset, provider: PriorProvider, out: str | os.PathL
                 if got != [r.sample_id for r in requests]:
                     raise RuntimeError(f"provider {provider.name} answered for {got[:3]}..., "
                                     f"not the requested samples in order")
+                priors = [check_against_image(p, r.image.shape[1], r.image.shape[0]) for p, r in zip(priors, requests)]
                 store.append(priors)
                 summary.written += len(priors)
                 for p in priors:
