@@ -206,6 +206,34 @@ def test_rle_counts_must_cover_the_image(tmp_path: Path) -> None:
         refer.validate()
 
 
+@pytest.mark.parametrize("bad", ["size_float", "size_str", "counts_float", "counts_negative", "garbage_string",
+                                 "short_string"])
+def test_malformed_rle_is_one_line_and_exit_2(bad: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    refs, inst = build_spec()
+    compressed = next(a for a in inst["annotations"] if isinstance(a["segmentation"], dict)
+                      and isinstance(a["segmentation"]["counts"], str))
+    listed = next(a for a in inst["annotations"] if isinstance(a["segmentation"], dict)
+                  and isinstance(a["segmentation"]["counts"], list))
+    if bad == "size_float":
+        compressed["segmentation"]["size"] = [float(v) + 0.5 for v in compressed["segmentation"]["size"]]
+    elif bad == "size_str":
+        compressed["segmentation"]["size"] = "big"
+    elif bad == "counts_float":
+        listed["segmentation"]["counts"][0] += 0.5
+    elif bad == "counts_negative":
+        listed["segmentation"]["counts"][:2] = [listed["segmentation"]["counts"][0] + 3,
+                                                listed["segmentation"]["counts"][1] - 3 - 10 ** 6]
+    elif bad == "garbage_string":
+        compressed["segmentation"]["counts"] = "garbage!"
+    else:  # pycocotools decodes this into uninitialised memory instead of failing
+        compressed["segmentation"]["counts"] = "0"
+    write_refer(tmp_path, refs, inst)
+    code = main(["data", "stats", "--root", str(tmp_path), "--dataset", "refcoco", "--split-by", "unc"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "instances.json" in err and "RLE" in err
+
+
 def test_unknown_dataset_and_split_by(root: Path) -> None:
     with pytest.raises(DataError, match="unknown dataset"):
         ReferData(root, "refcocoX", "unc")
@@ -275,3 +303,15 @@ def test_malformed_instances_name_the_entry(tmp_path: Path, edit, expected: str)
     with pytest.raises(DataError, match=expected) as err:
         ReferData(tmp_path, "refcoco", "unc")
     assert "instances.json" in str(err.value)
+
+
+def test_data_stats_decodes_every_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    refs, inst = build_spec()
+    write_refer(tmp_path, refs, inst)
+    refer = ReferData(tmp_path, "refcoco", "unc")
+    image_id = int(refs[0]["image_id"])
+    path = refer.image_path(image_id)
+    path.write_bytes(np.random.default_rng(0).bytes(2048))  # exists, but is no image
+    code = main(["data", "stats", "--root", str(tmp_path), "--dataset", "refcoco", "--split-by", "unc"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(path) in err and "not a readable image" in err and "Traceback" not in err

@@ -93,7 +93,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     refer = ReferData(args.root, args.dataset, args.split_by)
-    refer.validate(check_images=True)
+    refer.validate(check_images=True, progress=sys.stderr.isatty())
     counts = refer.stats()
     if args.json:
         json.dump({"splits": counts}, sys.stdout)
