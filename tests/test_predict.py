@@ -133,3 +133,31 @@ def test_cli_predict_bad_input_exit_2(
                 "no_weights": "model.safetensors", "bad_ext": ".xyz"}[case]
     assert expected in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["box_nan", "box_inverted", "box_outside", "cuda_missing", "device_garbage",
+                                  "box_without_sesm", "out_parent_is_file"])
+def test_cli_predict_more_bad_input_exit_2(case: str, checkpoint: Path, photo: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    args = ["predict", "--checkpoint", str(checkpoint), "--image", str(photo), "--text", "the cat",
+            "--out", str(tmp_path / "o.png")]
+    extra = {"box_nan": ["--box", "nan", "1", "20", "20"], "box_inverted": ["--box", "50", "40", "10", "5"],
+             "box_outside": ["--box", "200", "100", "300", "150"], "device_garbage": ["--device", "gpu9"],
+             "cuda_missing": ["--device", "cuda"]}.get(case, [])
+    expected = {"box_nan": "malformed", "box_inverted": "inverted", "box_outside": "outside",
+                "device_garbage": "gpu9", "cuda_missing": "CUDA", "box_without_sesm": "SESM",
+                "out_parent_is_file": "blocker"}[case]
+    if case == "cuda_missing" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    if case == "box_without_sesm":
+        model = RESModel(ModelConfig(vision="tiny", text="tiny", image_size=64, dim=16, decoder_dim=16,
+                                     use_sesm=False))
+        args[2] = str(model.save_pretrained(tmp_path / "nosesm"))
+        extra = ["--box", "10", "5", "60", "50"]
+    if case == "out_parent_is_file":
+        (tmp_path / "blocker").write_text("x")
+        args[-1] = str(tmp_path / "blocker" / "o.png")
+    code = main([*args, *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert expected in err

@@ -104,3 +104,19 @@ def test_killed_right_after_self_evolution_resumes_to_the_uninterrupted_result(
     assert summary["resumed"]
     assert _bank_rows(killed) == _bank_rows(whole)  # the round was applied once, not twice
     assert _comparable(killed) == _comparable(whole)
+
+
+def test_a_killed_write_leaves_no_temp_file_behind_for_long(tmp_path: Path) -> None:
+    from l2l.errors import OutputError
+    from l2l.utils.io import atomic_write_text
+
+    target = tmp_path / "checkpoint.pt"
+    stale = tmp_path / ".checkpoint.pt.abc123.tmp"  # what a SIGKILL during torch.save leaves
+    stale.write_bytes(b"\0" * 4096)
+    other = tmp_path / ".other.pt.abc123.tmp"
+    other.write_bytes(b"x")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new" and not stale.exists() and other.exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="cannot write"):
+        atomic_write_text(tmp_path / "file" / "child.json", "{}")

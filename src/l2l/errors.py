@@ -21,5 +21,9 @@ class TrainingError(L2LError):
     """A run that cannot go on (its loss turned non-finite); the message says what was kept."""
 
 
+class OutputError(L2LError):
+    """A file the user asked for cannot be written (a parent that is a file, no permission, a full disk)."""
+
+
 class InputError(L2LError):
     """Bad input to prediction or a command (unreadable image, empty text, ...)."""

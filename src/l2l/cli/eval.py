@@ -60,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _setup_device(requested: str | None) -> tuple[torch.device, bool]:
     """Pick the device; under torchrun (WORLD_SIZE > 1) join the process group, one GPU per local rank."""
-    device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from l2l.utils.device import resolve_device
+
+    device = resolve_device(requested)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return device, False

@@ -57,7 +57,17 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--text is empty; give a sentence such as 'the red cup on the left'")
     image = read_image(args.image)  # before loading the model: a bad path fails fast
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
-    prior = Prior(sample_id="predict", box=list(args.box), confidence=1.0, provider="user") if args.box else None
+    prior = None
+    if args.box:
+        from l2l.priors.parse import check_against_image
+
+        if not getattr(predictor.model.config, "use_sesm", False):
+            raise InputError(f"--box: {args.checkpoint} takes no proposal (trained without SESM); drop --box")
+        prior = check_against_image(Prior(sample_id="predict", box=list(args.box), confidence=1.0, provider="user"),
+                                    image.shape[1], image.shape[0])
+        if not prior.ok:
+            raise InputError(f"--box {' '.join(f'{v:g}' for v in args.box)}: {prior.reason}; give X1 Y1 X2 Y2 in "
+                             "image pixels with X1 < X2, Y1 < Y2")
     start = time.perf_counter()
     mask = predictor(image, args.text, prior=prior)
     seconds = time.perf_counter() - start

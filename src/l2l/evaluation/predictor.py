@@ -66,6 +66,9 @@ class Predictor:
         from l2l.model import RESModel
         from l2l.model.modeling import trained_proposal_method
 
+        from l2l.utils.device import resolve_device
+
+        device = resolve_device(device)
         model = RESModel.from_pretrained(directory)
         kwargs.setdefault("proposal_method", trained_proposal_method(directory))
         return cls(model.to(device), **kwargs)

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from l2l.errors import OutputError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)`, then rename the temporary file over `path` (atomic on POSIX)."""
+    """Call `write(tmp_path)`, then rename the temporary file over `path` (atomic on POSIX).
+
+    Temporary files a killed earlier write of the same `path` left behind are removed first (one writer per path);
+    a path that cannot be written (a parent that is a file, no permission) is an `OutputError` naming it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     os.close(fd)
     try:
         write(tmp)
