@@ -380,7 +380,7 @@ class RESModel(nn.Module):
                 metadata = f.metadata() or {}
             state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
         except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise CheckpointError(f"{directory / WEIGHTS_NAME}: cannot read weights ({exc})") from exc
+            raise CheckpointError(f"{directory / WEIGHTS_NAME}: cannot read weights ({str(exc) or type(exc).__name__})") from exc
         model = cls(config, load_weights=False)
         expected = set(model.state_dict())
         if metadata.get("text_weights") == "package":

@@ -87,7 +87,7 @@ def cfg_value(cfg: dict[str, Any], dotted: str) -> Any:
 
 
 def _nearest(key: str, valid: list[str]) -> str:
-    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)  # no hint beats an unrelated one
     return f"; did you mean {near[0]!r}?" if near else ""
 
 

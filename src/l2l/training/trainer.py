@@ -410,7 +410,8 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a truncated or foreign file: say which file, do not guess
-            raise CheckpointError(f"{path}: cannot load the resume checkpoint ({exc})") from exc
+            raise CheckpointError(f"{path}: cannot load the resume checkpoint "
+                                  f"({str(exc) or type(exc).__name__}; an empty file is a write that was killed)") from exc
         saved = json.loads(state["config"])
         for key in RESUME_KEYS:
             if saved.get(key) != self.cfg[key]:
