@@ -13,8 +13,8 @@ import pytest
 from l2l.cli.main import main
 from l2l.data.refer import ReferData
 from l2l.data.splits import load_split
-from l2l.training.bench import (_worker_overrides, aggregate, evolution_series, plot_evolution, plot_ratio_curve,
-                                table_markdown)
+from l2l.experiments.figures import evolution_series, plot_evolution, plot_ratio_curve
+from l2l.experiments.grid import _worker_overrides, aggregate, table_markdown
 from l2l.training.config import load_config
 from l2l.training.trainer import Trainer
 
@@ -147,7 +147,7 @@ def test_aggregate_mean_std_over_seeds() -> None:
 
 
 def test_parallel_grid_starts_the_costliest_cell_of_each_group_first() -> None:
-    from l2l.training.bench import grid_cells, longest_first
+    from l2l.experiments.grid import grid_cells, longest_first
 
     cells = grid_cells(["supervised", "prior_only", "fixmatch", "l2l"], [0.01, 0.05], [0], full=True)
     order = [cells[i] for i in longest_first(cells, range(len(cells)))]
@@ -174,7 +174,7 @@ def test_bench_plots_and_evolution_series_over_seeds(tmp_path: Path) -> None:
 
 
 def test_results_page_quotes_the_grid_table_and_keeps_its_prose(tmp_path: Path) -> None:
-    from l2l.training.bench import update_doc
+    from l2l.experiments.grid import update_doc
 
     out = tmp_path / "dev_val"
     out.mkdir()

@@ -134,6 +134,6 @@ def test_candidates_read_boxes_never_masks(root: Path, tmp_path: Path) -> None:
 
 
 def test_registry_has_every_grid_method() -> None:
-    from l2l.training.bench import ALL_METHODS
+    from l2l.experiments.grid import ALL_METHODS
 
     assert set(ALL_METHODS) <= set(METHODS) and "prior_label" in ALL_METHODS and "semires_mllm" in ALL_METHODS

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="training config (default: configs/shaperefs_semi.yaml of this repo)")
     p.add_argument("--ratios", nargs="+", type=float, default=[0.01, 0.05, 0.1])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=None, help="default: every method (see l2l.training.bench)")
+    p.add_argument("--methods", nargs="+", default=None, help="default: every method (see l2l.experiments.grid)")
     p.add_argument("--ablations", action="store_true", help="also run the L2L ablations (at the smallest ratio)")
     p.add_argument("--no-full", action="store_true", help="skip the fully supervised (100%%) upper bound")
     p.add_argument("--eval-splits", nargs="+", default=["testA", "testB"])
@@ -71,8 +71,8 @@ def default_config(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from l2l.training.bench import ALL_METHODS, QUICK_METHODS, grid_cells, report_grid, run_grid, update_doc
-    from l2l.training.demo import ensure_shaperefs
+    from l2l.experiments.grid import ALL_METHODS, QUICK_METHODS, grid_cells, report_grid, run_grid, update_doc
+    from l2l.data.shaperefs import ensure_shaperefs
 
     root = Path(args.root)
     if args.dataset == "shaperefs":

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from l2l.cli.bench import default_config
-    from l2l.training.demo import default_cache, run_demo
+    from l2l.experiments.demo import default_cache, run_demo
 
     data_root = Path(args.data_root) if args.data_root else default_cache() / f"shaperefs-{args.images}-s{args.seed}"
     config = Path(args.config) if args.config else default_config("shaperefs_semi.yaml")

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import pickle
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -381,3 +382,11 @@ def render_grid(root: Path, out_png: Path, n: int = 12, seed: int = 0) -> Path:
     atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=72, format="png"))
     plt.close(fig)
     return out_png
+
+
+def ensure_shaperefs(root: Path, images: int, seed: int = 0, log: Callable[[str], None] = print) -> None:
+    """Generate ShapeRefs into `root` unless it is already there (the embedded default dataset)."""
+    if (root / "shaperefs" / "refs(unc).p").is_file() and (root / "shaperefs" / "instances.json").is_file():
+        return
+    log(f"generating ShapeRefs ({images} images, seed {seed}) into {root}")
+    generate(root, images, seed, progress=sys.stderr.isatty())

@@ -1,13 +1,8 @@
-"""`l2l demo`: the whole L2L loop on the embedded ShapeRefs benchmark, on a laptop CPU in minutes.
+"""Figures and the demo page: the grid's plots (mIoU against label ratio, labels per self-evolution round), the
+demo's prediction overlays and pseudo-label gallery, and its HTML page. Drawing only: nothing here trains.
 
-Steps: generate ShapeRefs (cached), simulated-MLLM priors and soft proposals (cached), score `prior_only` (the
-thresholded proposal) and train `supervised` and `l2l` at 1% labels with one schedule, score them on the test
-splits with priors and prior-free, then write
-`results.json`, prediction overlays and a pseudo-label gallery (PNG + one HTML page).
-
-The priors come from a *simulated* MLLM (ground-truth boxes with calibrated errors), never a real model.
-The gallery's ground-truth column reads the hidden masks of unlabelled training images; only this
-visualisation (evaluation code) does so, after training has finished.
+The gallery's ground-truth column reads the hidden masks of unlabelled training images; only this visualisation
+(evaluation code) does so, after training has finished.
 """
 
 from __future__ import annotations
@@ -15,144 +10,122 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import sys
-import time
+import json
+import statistics
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from l2l.proposals.bank import bank_has_prior
-from l2l.training.bench import METRIC_KEYS
-
-DEMO_OVERRIDES = ("train.max_steps=160", "data.max_val_samples=200")
+from l2l.experiments.grid import FULL, SCORE_KEYS
 
 
-def default_cache() -> Path:
-    base = os.environ.get("L2L_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "l2l")
-    return Path(base)
+def _finish_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
-def ensure_shaperefs(root: Path, images: int, seed: int = 0, log: Callable[[str], None] = print) -> None:
-    """Generate ShapeRefs into `root` unless it is already there (the embedded default dataset)."""
-    if (root / "shaperefs" / "refs(unc).p").is_file() and (root / "shaperefs" / "instances.json").is_file():
-        return
-    from l2l.data.shaperefs import generate
+def _save_figure(fig: Any, path: Path) -> None:
+    """Write the figure and free it."""
+    import matplotlib.pyplot as plt
 
-    log(f"generating ShapeRefs ({images} images, seed {seed}) into {root}")
-    generate(root, images, seed, progress=sys.stderr.isatty())
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_ratio_curve(rows: list[dict[str, Any]], path: Path, modes: Sequence[str] = ("prior", "prior_free")) -> None:
+    """mIoU against label ratio per method, one panel per evaluation mode (test splits pooled), each panel with the
+    fully supervised model of the same mode as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    test = [r for r in rows if r["split"] == "test"]
+    modes = [m for m in modes if any(r["mode"] == m for r in test)]
+    fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(5.5 * max(1, len(modes)), 4), squeeze=False)
+    methods = sorted({r["method"] for r in test if r["method"] != FULL})
+    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    for ax, mode in zip(axes[0], modes):
+        for method in methods:
+            pts = sorted((r["ratio"], r["mIoU"], r["mIoU_std"]) for r in test
+                         if r["method"] == method and r["mode"] == mode)
+            if pts:
+                xs, ys, es = zip(*pts)
+                ax.errorbar([x * 100 for x in xs], ys, yerr=es, marker="o", capsize=3, color=colours[method],
+                            label=method)
+        for r in test:
+            if r["method"] == FULL and r["mode"] == mode:
+                ax.axhline(r["mIoU"], color="k", ls="--", lw=1, label="fully supervised (100%)")
+        ax.set_xscale("log")
+        _finish_axes(ax, "labelled images (%)", "mIoU (%)", f"ShapeRefs test, {mode.replace('_', '-')}")
+    _save_figure(fig, path)
+
+
+EVOLUTION_KEYS = (("method/evolve/hidden_mIoU", "method/evolve/hidden_before_mIoU", "hidden D_u masks"),
+                  ("method/evolve/proxy_q_miou_after", "method/evolve/proxy_q_miou_before", "proxy (labelled)"))
+
+
+def evolution_series(out: Path) -> dict[tuple[str, str], dict[int, list[float]]]:
+    """{(method/ratio, label): {round: [value per seed]}} from the runs' `metrics.jsonl`.
+
+    `method/evolve/hidden_mIoU` is scored by evaluation code against the hidden masks (ShapeRefs only),
+    `method/evolve/proxy_q_miou_after` on the labelled proxy set. Round 0 is the bank before the first write: the
+    MLLM's proposals."""
+    series: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for log in sorted(out.glob("runs/*/r*/s*/metrics.jsonl")):
+        recs = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()]
+        rounds = [r for r in recs if "method/evolve/round" in r]
+        if not rounds:
+            continue
+        group = log.parent.parent.relative_to(out / "runs").as_posix()
+        for after, before, label in EVOLUTION_KEYS:
+            points = {int(r["method/evolve/round"]): r.get(after) for r in rounds}
+            points[0] = rounds[0].get(before)
+            for rnd, value in points.items():
+                if value is not None:
+                    series.setdefault((group, label), {}).setdefault(rnd, []).append(float(value))
+    return series
+
+
+def plot_evolution(out: Path, path: Path) -> bool:
+    """Pseudo-label mIoU per self-evolution round, mean over seeds per (method, ratio): hidden masks solid, proxy
+    dashed. False (and no file) when no run evolved its labels."""
+    series = evolution_series(out)
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups = sorted({g for g, _ in series})
+    for i, group in enumerate(groups):
+        for (_, _, label), style in zip(EVOLUTION_KEYS, ("-o", "--s")):
+            by_round = series.get((group, label))
+            if by_round:
+                xs = sorted(by_round)
+                n = max(len(v) for v in by_round.values())
+                ax.plot(xs, [statistics.fmean(by_round[x]) for x in xs], style, color=f"C{i % 10}",
+                        label=f"{group} ({n} seed{'s' if n > 1 else ''}): {label}")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    _finish_axes(ax, "self-evolution round (0 = the MLLM's proposals)", "pseudo-label mIoU (%)",
+                 "Evolving labels (proposal bank) against ground truth")
+    _save_figure(fig, path)
+    return True
 
 
 def _png_bytes(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
-
-
-def _test_set(root: Path, splits: tuple[str, ...]) -> Any:
-    from torch.utils.data import ConcatDataset
-
-    from l2l.data.dataset import DataId, RESDataset
-
-    return ConcatDataset([RESDataset(root, DataId("shaperefs", "unc", s)) for s in splits])
-
-
-class _PooledBank:
-    """Looks a sample up in several banks (one per test split)."""
-
-    def __init__(self, banks: list[Any]) -> None:
-        self.banks = banks
-
-    def get(self, sample_id: str) -> np.ndarray:
-        for b in self.banks:
-            if sample_id in b:
-                return b.get(sample_id)
-        raise KeyError(sample_id)
-
-    def __contains__(self, sample_id: object) -> bool:
-        return any(sample_id in b for b in self.banks)
-
-    def has_prior(self, sample_id: str) -> bool:
-        return any(sample_id in b and bank_has_prior(b, sample_id) for b in self.banks)
-
-
-def run_demo(
-    out: Path,
-    data_root: Path,
-    images: int = 1500,
-    seed: int = 0,
-    config: Path | None = None,
-    overrides: tuple[str, ...] = (),
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    from l2l.data.dataset import DataId
-    from l2l.evaluation.evaluator import evaluate
-    from l2l.proposals import prepare_bank
-    from l2l.training.config import load_config
-    from l2l.training.trainer import Trainer
-    from l2l.utils.io import atomic_write_json
-
-    t_start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    ensure_shaperefs(data_root, images, seed, log)
-    test_splits = ("testA", "testB")
-    results: dict[str, Any] = {"label_ratio": 0.01, "dataset": "shaperefs", "test_splits": list(test_splits),
-                               "priors": "simulated-mllm (a simulation of an MLLM, not a real model)",
-                               "methods": {}}
-    trainers: dict[str, Any] = {}
-    test = _test_set(data_root, test_splits)
-    bank = None
-    for method in ("prior_only", "supervised", "l2l"):
-        t0 = time.perf_counter()
-        cfg = load_config(config, [*DEMO_OVERRIDES, f"method.name={method}", *overrides,
-                                   f"data.root={data_root}", "data.ratio=0.01", f"data.split_seed={seed}",
-                                   f"seed={seed}"])
-        log(f"[{method}] training at 1% labels ({cfg['train']['max_steps']} steps; run dir {out / 'runs' / method})")
-        trainer = Trainer(cfg, out / "runs" / method)
-        trainer.fit()
-        trainers[method] = trainer
-        train_s = time.perf_counter() - t0
-        if bank is None:
-            d = cfg["data"]
-            bank = _PooledBank([
-                prepare_bank(data_root, DataId("shaperefs", "unc", s), method=d["proposal"],
-                             size=trainer.model_config.image_size, cache_dir=out / "cache", provider="simulated",
-                             seed=d["priors_seed"], progress=False)[0]
-                for s in test_splits
-            ])
-        by_mode = {}
-        for mode in ("prior",) if method == "prior_only" else ("prior", "prior_free"):
-            log(f"[{method}] evaluating on {'+'.join(test_splits)} ({len(test)} sentences, {mode.replace('_', '-')})")
-            m = evaluate(trainer.eval_network(), test, trainer.processor, bank=bank, use_priors=mode == "prior",
-                         batch_size=cfg["train"]["eval_batch_size"], progress=sys.stderr.isatty(),
-                         out_jsonl=out / f"samples_{method}_{mode}.jsonl")
-            by_mode[mode] = {k: round(float(m[k]), 2) for k in METRIC_KEYS} | {"n": int(m["n"])}
-        results["methods"][method] = {**by_mode["prior"], "mode": "prior", "by_mode": by_mode,
-                                      "train_seconds": round(train_s, 1)}
-    results["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    atomic_write_json(out / "results.json", results)
-    table = format_table(results)
-    (out / "table.md").write_text(table, encoding="utf-8")
-    log("\n" + table)
-    log("rendering prediction overlays and the pseudo-label gallery")
-    overlay_png = render_overlays(trainers, test, bank, out / "overlays.png")
-    gallery_png, rows = render_gallery(trainers["l2l"], data_root, out / "gallery.png")
-    write_html(out / "index.html", results, table, overlay_png, gallery_png, rows)
-    results["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    atomic_write_json(out / "results.json", results)
-    log(f"done in {results['wall_seconds']:.0f}s: {out / 'results.json'}, {out / 'index.html'}")
-    return results
-
-
-def format_table(results: dict[str, Any]) -> str:
-    lines = ["| method | mode | mIoU | oIoU | P@0.5 | P@0.7 | P@0.9 |", "|---|---|---|---|---|---|---|"]
-    for method, res in results["methods"].items():
-        for mode, m in res["by_mode"].items():
-            lines.append(f"| {method} | {mode} | " + " | ".join(f"{m[k]:.2f}" for k in ("mIoU", "oIoU", "P@0.5", "P@0.7", "P@0.9")) + " |")
-    return (f"ShapeRefs {' + '.join(results['test_splits'])}, {results['label_ratio']:.0%} labels, "
-            f"priors from a simulated MLLM\n\n" + "\n".join(lines) + "\n")
 
 
 @torch.no_grad()
@@ -276,7 +249,7 @@ def write_html(path: Path, results: dict[str, Any], table: str, overlay_png: byt
 
     table_rows = "".join(
         f"<tr><td>{html.escape(m)}</td><td>{mode}</td>"
-        + "".join(f"<td>{v[k]:.2f}</td>" for k in METRIC_KEYS) + "</tr>"
+        + "".join(f"<td>{v[k]:.2f}</td>" for k in SCORE_KEYS) + "</tr>"
         for m, res in results["methods"].items() for mode, v in res["by_mode"].items()
     )
     def conf(value: float | None) -> str:
@@ -292,7 +265,7 @@ def write_html(path: Path, results: dict[str, Any], table: str, overlay_png: byt
 </head><body><h1>l2l demo: supervised vs L2L at {results['label_ratio']:.0%} labels</h1>
 <p>ShapeRefs {' + '.join(results['test_splits'])}; priors from a <b>simulated</b> MLLM. Metrics in percent at the original
 image resolution. Wall time {results.get('wall_seconds', 0):.0f}s.</p>
-<table><tr><th>method</th><th>mode</th>{''.join(f'<th>{k}</th>' for k in METRIC_KEYS)}</tr>{table_rows}</table>
+<table><tr><th>method</th><th>mode</th>{''.join(f'<th>{k}</th>' for k in SCORE_KEYS)}</tr>{table_rows}</table>
 <h2>Predictions (test)</h2>{img(overlay_png)}
 <h2>Pseudo-label gallery (unlabelled training images)</h2>
 <table><tr><th>sample</th><th>expression</th><th>prior confidence</th><th>label source</th><th>pixels taught</th></tr>{gallery_rows}</table>

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from l2l.data.dataset import DataId, RESDataset
 from l2l.evaluation.evaluator import evaluate
+from l2l.evaluation.metric import METRIC_KEYS
 from l2l.methods import get_method_class
 from l2l.training.config import load_config
 from l2l.utils.io import atomic_write_json, atomic_write_text
 
-METRIC_KEYS = ("mIoU", "oIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9")
+SCORE_KEYS = tuple(k for k in METRIC_KEYS if k != "n")  # the metrics a table reports (no count)
 ALL_METHODS = ("supervised", "prior_only", "prior_label", "fixmatch", "semires", "semires_mllm", "l2l")
 QUICK_METHODS = ALL_METHODS
 ABLATIONS = ("l2l_no_rple", "l2l_classifier", "l2l_no_sesm", "l2l_no_evolve", "l2l_uninformative_conf")
@@ -131,7 +131,7 @@ def run_one(
                 out_jsonl=run_dir / f"samples_{split}_{mode}.jsonl",
             )
             rec = {"method": method, "ratio": ratio, "seed": seed, "split": split, "mode": mode}
-            rec.update({k: float(metrics[k]) for k in METRIC_KEYS})
+            rec.update({k: float(metrics[k]) for k in SCORE_KEYS})
             rec["n"] = int(metrics["n"])
             rec["train_s"] = round(train_s, 1)
             records.append(rec)
@@ -155,13 +155,13 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             groups.setdefault(key, {}).setdefault(r["seed"], []).append(r)
     rows = []
     for (method, ratio, split, mode), by_seed in groups.items():
-        per_seed: dict[str, list[float]] = {k: [] for k in METRIC_KEYS}
+        per_seed: dict[str, list[float]] = {k: [] for k in SCORE_KEYS}
         for recs in by_seed.values():
             n = sum(x["n"] for x in recs)
-            for k in METRIC_KEYS:  # pooled over test splits weighted by sample count (oIoU approximated likewise)
+            for k in SCORE_KEYS:  # pooled over test splits weighted by sample count (oIoU approximated likewise)
                 per_seed[k].append(sum(x[k] * x["n"] for x in recs) / max(n, 1))
         row = {"method": method, "ratio": ratio, "split": split, "mode": mode, "seeds": len(by_seed)}
-        for k in METRIC_KEYS:
+        for k in SCORE_KEYS:
             row[k], row[k + "_std"] = _mean_std(per_seed[k])
         rows.append(row)
     order = {m: i for i, m in enumerate((*ALL_METHODS, *ABLATIONS, FULL))}
@@ -185,107 +185,6 @@ def table_markdown(rows: list[dict[str, Any]], split: str = "test") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _finish_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    """Write the figure and free it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_ratio_curve(rows: list[dict[str, Any]], path: Path, modes: Sequence[str] = ("prior", "prior_free")) -> None:
-    """mIoU against label ratio per method, one panel per evaluation mode (test splits pooled), each panel with the
-    fully supervised model of the same mode as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    test = [r for r in rows if r["split"] == "test"]
-    modes = [m for m in modes if any(r["mode"] == m for r in test)]
-    fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(5.5 * max(1, len(modes)), 4), squeeze=False)
-    methods = sorted({r["method"] for r in test if r["method"] != FULL})
-    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
-    for ax, mode in zip(axes[0], modes):
-        for method in methods:
-            pts = sorted((r["ratio"], r["mIoU"], r["mIoU_std"]) for r in test
-                         if r["method"] == method and r["mode"] == mode)
-            if pts:
-                xs, ys, es = zip(*pts)
-                ax.errorbar([x * 100 for x in xs], ys, yerr=es, marker="o", capsize=3, color=colours[method],
-                            label=method)
-        for r in test:
-            if r["method"] == FULL and r["mode"] == mode:
-                ax.axhline(r["mIoU"], color="k", ls="--", lw=1, label="fully supervised (100%)")
-        ax.set_xscale("log")
-        _finish_axes(ax, "labelled images (%)", "mIoU (%)", f"ShapeRefs test, {mode.replace('_', '-')}")
-    _save_figure(fig, path)
-
-
-EVOLUTION_KEYS = (("method/evolve/hidden_mIoU", "method/evolve/hidden_before_mIoU", "hidden D_u masks"),
-                  ("method/evolve/proxy_q_miou_after", "method/evolve/proxy_q_miou_before", "proxy (labelled)"))
-
-
-def evolution_series(out: Path) -> dict[tuple[str, str], dict[int, list[float]]]:
-    """{(method/ratio, label): {round: [value per seed]}} from the runs' `metrics.jsonl`.
-
-    `method/evolve/hidden_mIoU` is scored by evaluation code against the hidden masks (ShapeRefs only),
-    `method/evolve/proxy_q_miou_after` on the labelled proxy set. Round 0 is the bank before the first write: the
-    MLLM's proposals."""
-    series: dict[tuple[str, str], dict[int, list[float]]] = {}
-    for log in sorted(out.glob("runs/*/r*/s*/metrics.jsonl")):
-        recs = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()]
-        rounds = [r for r in recs if "method/evolve/round" in r]
-        if not rounds:
-            continue
-        group = log.parent.parent.relative_to(out / "runs").as_posix()
-        for after, before, label in EVOLUTION_KEYS:
-            points = {int(r["method/evolve/round"]): r.get(after) for r in rounds}
-            points[0] = rounds[0].get(before)
-            for rnd, value in points.items():
-                if value is not None:
-                    series.setdefault((group, label), {}).setdefault(rnd, []).append(float(value))
-    return series
-
-
-def plot_evolution(out: Path, path: Path) -> bool:
-    """Pseudo-label mIoU per self-evolution round, mean over seeds per (method, ratio): hidden masks solid, proxy
-    dashed. False (and no file) when no run evolved its labels."""
-    series = evolution_series(out)
-    if not series:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups = sorted({g for g, _ in series})
-    for i, group in enumerate(groups):
-        for (_, _, label), style in zip(EVOLUTION_KEYS, ("-o", "--s")):
-            by_round = series.get((group, label))
-            if by_round:
-                xs = sorted(by_round)
-                n = max(len(v) for v in by_round.values())
-                ax.plot(xs, [statistics.fmean(by_round[x]) for x in xs], style, color=f"C{i % 10}",
-                        label=f"{group} ({n} seed{'s' if n > 1 else ''}): {label}")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    _finish_axes(ax, "self-evolution round (0 = the MLLM's proposals)", "pseudo-label mIoU (%)",
-                 "Evolving labels (proposal bank) against ground truth")
-    _save_figure(fig, path)
-    return True
-
-
 def write_outputs(out: Path, records: list[dict[str, Any]], command: str) -> list[dict[str, Any]]:
     rows = aggregate(records)
     atomic_write_json(out / "results.json", records)
@@ -294,6 +193,8 @@ def write_outputs(out: Path, records: list[dict[str, Any]], command: str) -> lis
         if any(r["split"] == split for r in rows):
             parts.append(f"## {split}\n\n" + table_markdown(rows, split))
     atomic_write_text(out / "table.md", "\n".join(parts))
+    from l2l.experiments.figures import plot_evolution, plot_ratio_curve
+
     if rows:
         plot_ratio_curve(rows, out / "miou_vs_ratio.png")
     plot_evolution(out, out / "evolution.png")
