@@ -8,6 +8,9 @@ from all finished runs after each one.
 Scores are of the model after the last epoch (no checkpoint selection on any split), at the original
 image resolution, on every sentence of every ref of each test split, in two modes: `prior` (the model is
 given the proposal of the (simulated) MLLM prior, the L2L setting) and `prior_free`.
+
+One module for the grid: cells, their configs, running (one process or a pool), aggregation and tables belong
+together (a cell's name, config and table row must agree); figures live in `figures`.
 """
 
 from __future__ import annotations

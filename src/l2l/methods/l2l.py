@@ -21,6 +21,9 @@ The network's input stays the MLLM's proposal, as at test time; the evolving ban
 Ablations: `l2l_no_rple` (mixture label, pixels kept where `max(m, 1 - m) >= fixed_threshold`, tune it on val),
 `l2l_classifier` (the same state and actions, a BCE classifier on proxy correctness instead of RL and utility),
 `l2l_no_evolve`, `l2l_no_sesm`.
+
+One module for the method: the step, the labels, the policy update and self-evolution read the same decisions;
+the policy itself lives in `rple`.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ step (one flat all-reduce) rather than through a `DistributedDataParallel` wrapp
 student several times per step (labelled, weak and strong views), keep EMA copies of it, and leave SESM
 branches unused on prior-free batches: all three break DDP's one-forward-one-backward hook contract.
 Normalisation buffers (BatchNorm running statistics) are averaged across ranks before validation and saving.
+
+Why one long module: building the data, banks, method and optimiser, and the loop with its resume points, share
+the run's state (step, epoch, position, banks) that every resume point must agree on; the pieces with no such state
+live beside it (`distributed`, `rundir`, `batching`, `config`).
 """
 
 from __future__ import annotations
@@ -24,17 +28,13 @@ import dataclasses
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -47,91 +47,16 @@ from l2l.methods import build_method, get_method_class
 from l2l.methods.teacher import EMATeacher
 from l2l.model import ModelConfig, RESModel
 from l2l.training.batching import Collator, EpochSampler, SeededItems, move_batch
+from l2l.training.distributed import DistEnv, all_reduce_grads, average_buffers, rng_state, set_rng_state
+from l2l.training.rundir import save_model_dir, truncate_metrics
 from l2l.training.config import resolve_config, save_config
-from l2l.utils.io import atomic_write, atomic_write_json, atomic_write_text
+from l2l.utils.io import atomic_write, atomic_write_json
 from l2l.utils.seed import seed_everything
 
 CHECKPOINT = "checkpoint.pt"
 # Config sections that must match for a checkpoint to be resumed (the `train` section may change,
 # e.g. more epochs or a removed stop hook).
 RESUME_KEYS = ("seed", "data", "model", "method")
-
-
-@dataclass
-class DistEnv:
-    """Where this process sits in a (possibly single-process) job."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @classmethod
-    def setup(cls, device: str = "auto") -> "DistEnv":
-        """Read torchrun's variables; join the process group (nccl on CUDA, gloo on CPU) when there are several ranks."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() and device != "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("train.device=cuda but no CUDA device is available")
-        dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
-        if use_cuda:
-            torch.cuda.set_device(dev)
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
-        return cls(rank, world, local, dev)
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every RNG the loop touches, as tensors/lists so `torch.load(weights_only=True)` accepts it."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_model_dir(model: nn.Module, path: Path, card: dict[str, Any]) -> None:
-    """`save_pretrained` into a temporary sibling, then swap it in, so `path` is never half written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    old = path.with_name(f".{path.name}.old")
-    for p in (tmp, old):
-        if p.exists():
-            shutil.rmtree(p)
-    model.save_pretrained(tmp, card=card)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 class Trainer:
@@ -144,7 +69,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: dict[str, Any], run_dir: str | Path) -> None:
-        self.cfg = resolve_config(cfg)  # idempotent on a loaded config; fills and checks a partial dict
+        self.cfg = cfg = resolve_config(cfg)  # idempotent on a loaded config; fills and checks a partial dict
         self.run_dir = Path(run_dir)
         self.tcfg = cfg["train"]
         self.env = DistEnv.setup(self.tcfg["device"])
@@ -336,34 +261,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ distributed helpers
     def _all_reduce_grads(self) -> None:
-        if not self.env.distributed:
-            return
-        has = torch.tensor([p.grad is not None for p in self.params], dtype=torch.int32, device=self.env.device)
-        dist.all_reduce(has, op=dist.ReduceOp.MAX)
-        live = [p for p, h in zip(self.params, has.tolist()) if h]
-        for p in live:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        if not live:
-            return
-        flat = torch.cat([p.grad.reshape(-1) for p in live])
-        dist.all_reduce(flat)
-        flat /= self.env.world_size
-        offset = 0
-        for p in live:
-            n = p.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
-            offset += n
+        all_reduce_grads(self.params, self.env)
 
     def _sync_buffers(self) -> None:
-        """Average floating-point buffers (BatchNorm statistics) so every rank evaluates and saves one model."""
-        if not self.env.distributed:
-            return
-        for module in {id(m): m for m in (self.model, self.eval_network())}.values():
-            for buf in module.buffers():
-                if buf.is_floating_point():
-                    dist.all_reduce(buf)
-                    buf /= self.env.world_size
+        average_buffers((self.model, self.eval_network()), self.env)
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -390,7 +291,7 @@ class Trainer:
             "hidden_score": json.dumps(self.hidden_score),
             "best": {k: v for k, v in self.best.items() if k != "score"} | {"score": float(self.best["score"])},
             "last_val": json.dumps(self.last_val),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "world_size": self.env.world_size,
             "config": json.dumps({k: self.cfg[k] for k in RESUME_KEYS}, sort_keys=True),
         }
@@ -434,9 +335,9 @@ class Trainer:
         self.hidden_score = json.loads(state.get("hidden_score", "{}"))
         self.best = dict(state["best"])
         self.last_val = json.loads(state["last_val"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         if self.env.is_main:
-            self._truncate_metrics(int(state.get("log_lines", -1)), self.step)
+            self.log_lines = truncate_metrics(self.run_dir / "metrics.jsonl", int(state.get("log_lines", -1)), self.step)
         return True
 
     # ------------------------------------------------------------------ logging
@@ -451,25 +352,6 @@ class Trainer:
             for key, value in record.items():
                 if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self.writer.add_scalar(key, value, record["step"])
-
-    def _truncate_metrics(self, lines: int, step: int) -> None:
-        """Keep the log lines the checkpoint we resume from had written (later ones will be written again); a
-        torn last line (a kill mid-write) is dropped. Checkpoints without a line count keep lines up to `step`."""
-        path = self.run_dir / "metrics.jsonl"
-        keep: list[str] = []
-        if path.is_file():
-            for ln in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                if not ln.strip():
-                    continue
-                try:
-                    rec = json.loads(ln)
-                except json.JSONDecodeError:
-                    break  # a torn line: nothing after it was written by a finished step
-                if (lines >= 0 and len(keep) >= lines) or (lines < 0 and rec.get("step", 0) > step):
-                    break
-                keep.append(ln)
-            atomic_write_text(path, "".join(ln + "\n" for ln in keep))
-        self.log_lines = len(keep)
 
     # ------------------------------------------------------------------ validation and saving
     def eval_network(self) -> nn.Module:
@@ -530,8 +412,8 @@ class Trainer:
         if self.env.is_main and hasattr(net, "save_pretrained"):  # prior_only has no network of its own
             card = self._card(val)
             if is_best:
-                _save_model_dir(net, self.run_dir / "best", card)
-            _save_model_dir(net, self.run_dir / "last", card)
+                save_model_dir(net, self.run_dir / "best", card)
+            save_model_dir(net, self.run_dir / "last", card)
         self.env.barrier()
 
     # ------------------------------------------------------------------ method hooks
