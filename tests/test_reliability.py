@@ -120,3 +120,33 @@ def test_a_killed_write_leaves_no_temp_file_behind_for_long(tmp_path: Path) -> N
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="cannot write"):
         atomic_write_text(tmp_path / "file" / "child.json", "{}")
+
+
+@pytest.mark.parametrize("field", ["image_size_huge", "dim_changed"])
+def test_a_checkpoint_whose_config_lies_is_one_line(field: str, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                    root: Path) -> None:
+    from l2l.model import ModelConfig, RESModel
+
+    ckpt = RESModel(ModelConfig(vision="tiny", text="tiny", image_size=64, dim=16, decoder_dim=16,
+                                pretrained=False)).save_pretrained(tmp_path / "ckpt")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg.update({"image_size": 65536} if field == "image_size_huge" else {"decoder_dim": 24})
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    img = root / "images" / "shaperefs"
+    image = next(img.iterdir())
+    code = main(["predict", "--checkpoint", str(ckpt), "--image", str(image), "--text", "the disc",
+                 "--out", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert ("image_size" in err) if field == "image_size_huge" else ("do not fit config.json" in err or
+                                                                    "do not match" in err)
+
+
+def test_prior_points_that_are_not_numbers_are_a_data_error() -> None:
+    from l2l.errors import DataError
+    from l2l.priors import Prior
+
+    with pytest.raises(DataError, match="point"):
+        Prior.from_json('{"sample_id": "1:0", "box": [0, 0, 4, 4], "points": [["a", "b", 1]]}')
+    with pytest.raises(DataError, match="point"):
+        Prior.from_json('{"sample_id": "1:0", "box": [0, 0, 4, 4], "points": [[1, 2, 7]]}')

@@ -19,6 +19,8 @@ VISION_CHOICES = ("efficientnet-lite0", "tiny")
 TEXT_CHOICES = ("minilm", "tiny")
 
 
+MAX_IMAGE_SIZE = 2048  # a larger square input is a typo, not a model: it would exhaust memory before any check
+
 @dataclass
 class ModelConfig:
     """Configuration of `RESModel` (see docs/architecture.md, "Model contract")."""
@@ -73,6 +75,8 @@ class ModelConfig:
                 raise ConfigError(f"model.{name}={getattr(self, name)!r}: expected true or false")
         if isinstance(self.refine_dim, bool) or not isinstance(self.refine_dim, int) or self.refine_dim < 0:
             raise ConfigError(f"model.refine_dim={self.refine_dim!r}: expected 0 (off) or a positive integer")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(f"model.image_size={self.image_size}: at most {MAX_IMAGE_SIZE} (LAVT uses 480)")
         if self.image_size % 32:
             raise ConfigError(f"model.image_size={self.image_size}: must be a multiple of 32 (the coarsest stride)")
         if self.dim % self.fusion_heads:

@@ -390,7 +390,11 @@ class RESModel(nn.Module):
         if missing or unexpected:
             raise CheckpointError(f"{directory / WEIGHTS_NAME}: weights do not match config.json "
                                   f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        model.load_state_dict(state, strict=False)
+        try:
+            model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shapes that config.json promises but the weights do not have
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise CheckpointError(f"{directory / WEIGHTS_NAME}: weights do not fit config.json ({first})") from None
         return model.to(map_location).eval()
 
 

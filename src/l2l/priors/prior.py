@@ -86,8 +86,11 @@ class Prior:
             raise DataError(f"{where}: status 'ok' needs a box")
         points = []
         for p in d.get("points") or []:
-            if not isinstance(p, (list, tuple)) or len(p) != 3:
-                raise DataError(f"{where}: each point must be [x, y, label], got {p!r}")
+            if (not isinstance(p, (list, tuple)) or len(p) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p[:2])
+                    or p[2] not in (0, 1) or isinstance(p[2], bool)):
+                raise DataError(f"{where}: each point must be [x, y, label] with numbers x, y and label 0 or 1, "
+                                f"got {p!r}")
             points.append((float(p[0]), float(p[1]), int(p[2])))
         conf = d.get("confidence", DEFAULT_CONFIDENCE)
         if not isinstance(conf, (int, float)) or not 0.0 <= conf <= 1.0:
