@@ -315,3 +315,11 @@ def test_data_stats_decodes_every_image(tmp_path: Path, capsys: pytest.CaptureFi
     code = main(["data", "stats", "--root", str(tmp_path), "--dataset", "refcoco", "--split-by", "unc"])
     err = capsys.readouterr().err
     assert code == 2 and str(path) in err and "not a readable image" in err and "Traceback" not in err
+
+
+def test_negative_bbox_size_is_a_data_error(tmp_path: Path) -> None:
+    refs, inst = build_spec()
+    inst["annotations"][0]["bbox"] = [10, 10, -5, 8]
+    write_refer(tmp_path, refs, inst)
+    with pytest.raises(DataError, match="negative"):
+        ReferData(tmp_path, "refcoco", "unc")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import math
 import json
 import pickle
 import warnings
@@ -181,6 +182,9 @@ class ReferData:
             bbox = ann["bbox"]
             if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
                 raise DataError(f"{where}: annotation id {ann['id']} has a bbox that is not [x, y, w, h]")
+            if not all(math.isfinite(float(v)) for v in bbox) or bbox[2] < 0 or bbox[3] < 0:
+                raise DataError(f"{where}: annotation id {ann['id']} has a bbox {list(bbox)} with a negative or "
+                                "non-finite width/height (COCO boxes are [x, y, w, h])")
             self.anns[ann["id"]] = ann
         for i, cat in enumerate(instances["categories"]):
             if not isinstance(cat, dict) or not _is_int(cat.get("id")) or "name" not in cat:
