@@ -7,13 +7,14 @@ A broken line anywhere else is not a crash artefact but a damaged file, and is r
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from l2l.errors import DataError
 from l2l.priors.prior import Prior
-from l2l.utils.io import atomic_write_text
+from l2l.utils.io import atomic_write_text, file_lock
 
 
 def _complete_lines(data: bytes) -> tuple[list[bytes], int]:
@@ -64,10 +65,23 @@ class PriorsFile:
         self.truncated_bytes = 0
         self.retried = 0  # failed priors dropped from the file to be asked again
         self._fh = None
+        self._lock: contextlib.ExitStack | None = None
 
     def open_for_append(self) -> "PriorsFile":
-        """Recover from a crash (cut a torn last line), load the done ids, open for appending."""
+        """Take the file's lock (a second writer waits, then sees what the first wrote), recover from a crash
+        (cut a torn last line), load the done ids, open for appending."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(file_lock(self.path.with_name(self.path.name + ".lock")))
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+        self._fh = open(self.path, "ab")
+        return self
+
+    def _load(self) -> None:
         if self.path.exists():
             data = self.path.read_bytes()
             lines, end = _complete_lines(data)
@@ -92,8 +106,6 @@ class PriorsFile:
                 self.retried = len(priors) - len(kept)
                 atomic_write_text(self.path, "".join(line.decode("utf-8") + "\n" for line, _ in kept))
             self.done = {p.sample_id for _, p in kept}
-        self._fh = open(self.path, "ab")
-        return self
 
     def append(self, priors: Sequence[Prior]) -> None:
         """Write whole lines in one call, then flush and fsync: after this returns they survive a crash."""
@@ -110,6 +122,9 @@ class PriorsFile:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def __enter__(self) -> "PriorsFile":
         return self.open_for_append()

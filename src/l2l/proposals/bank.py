@@ -31,7 +31,7 @@ import numpy as np
 
 from l2l.errors import ConfigError, DataError
 from l2l.proposals.methods import FAILED_PRIOR, METHODS, PriorLike, make_proposal
-from l2l.utils.io import atomic_write_json
+from l2l.utils.io import atomic_write_json, file_lock
 
 INDEX_VERSION = 1
 
@@ -263,7 +263,16 @@ def build_bank(dataset: Any, priors: Mapping[str, PriorLike], method: str, size:
 
     Maps rewritten by self-evolution are kept (so a resumed run continues from them) unless
     `keep_evolved=False`, which restarts them from their priors (a new run sharing an old cache)."""
-    bank = ProposalBank(Path(cache_dir) / f"{method}-s{int(size)}", size, method)
+    root = Path(cache_dir) / f"{method}-s{int(size)}"
+    with file_lock(root.with_name(root.name + ".lock")):  # a second builder waits, then finds the maps done
+        return _build_bank(root, dataset, priors, method, size, progress, sam_checkpoint, device, save_every,
+                           keep_evolved)
+
+
+def _build_bank(root: Path, dataset: Any, priors: Mapping[str, PriorLike], method: str, size: int, progress: bool,
+                sam_checkpoint: str | os.PathLike | None, device: str, save_every: int,
+                keep_evolved: bool) -> ProposalBank:
+    bank = ProposalBank(root, size, method)
     sam = None
     extra = ""
     if method == "sam":

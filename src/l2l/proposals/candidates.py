@@ -24,7 +24,7 @@ from l2l.data.refer import ReferData
 from l2l.priors import Prior
 from l2l.proposals.bank import ProposalBank, prior_key
 from l2l.proposals.methods import make_proposal
-from l2l.utils.io import atomic_write_json
+from l2l.utils.io import atomic_write_json, file_lock
 
 
 class CandidateBank:
@@ -62,6 +62,14 @@ def prepare_candidates(root: str | os.PathLike, data_id: str | DataId, size: int
     dataset = RESDataset(root, data_id)
     source = "sam" if sam_checkpoint else "grabcut"
     where = Path(cache_dir) / f"{data_id.dataset}_{data_id.split_by}_{data_id.split}" / f"candidates-{source}-s{size}"
+    with file_lock(where.with_name(where.name + ".lock")):  # a second builder waits, then finds the masks done
+        return _build_candidates(root, data_id, dataset, where, size, source, sam_checkpoint, device, progress,
+                                 save_every)
+
+
+def _build_candidates(root: str | os.PathLike, data_id: DataId, dataset: RESDataset, where: Path, size: int,
+                      source: str, sam_checkpoint: str | os.PathLike | None, device: str, progress: bool,
+                      save_every: int) -> CandidateBank:
     bank = ProposalBank(where, size, source)
     counts_path = where / "images.json"
     counts: dict[str, int] = json.loads(counts_path.read_text(encoding="utf-8")) if counts_path.is_file() else {}
