@@ -150,3 +150,24 @@ def test_prior_points_that_are_not_numbers_are_a_data_error() -> None:
         Prior.from_json('{"sample_id": "1:0", "box": [0, 0, 4, 4], "points": [["a", "b", 1]]}')
     with pytest.raises(DataError, match="point"):
         Prior.from_json('{"sample_id": "1:0", "box": [0, 0, 4, 4], "points": [[1, 2, 7]]}')
+
+
+def test_threads_follow_the_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy machine gets fewer intra-op threads, never zero; the CLI asks OpenMP not to spin."""
+    import os
+
+    from l2l.utils import threads
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert threads.free_cores() == 4
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 0.0, 0.0))
+    assert threads.free_cores() == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert threads.free_cores() == 1
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    threads.prefer_passive_wait()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    threads.prefer_passive_wait()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice wins

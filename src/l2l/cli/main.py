@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from l2l.errors import L2LError
+from l2l.utils.threads import prefer_passive_wait
 
 # Module names under l2l.cli, in the order `l2l --help` lists them.
 COMMAND_MODULES: list[str] = ["demo", "data", "priors", "train", "eval", "predict", "bench"]
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prefer_passive_wait()  # before any command module imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

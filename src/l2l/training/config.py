@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "ema_momentum": 0.99,  # every trained method is validated, saved and scored as this EMA of its student (0 = the student)
         "bf16": False,  # bf16 autocast; on CUDA it helps, on CPU only where measured faster
         "num_workers": 0,  # DataLoader workers per process
-        "threads": 0,  # intra-op CPU threads per process (0 = torch's default); 1 helps on an oversubscribed CPU
+        "threads": 0,  # intra-op CPU threads per process; 0 = the cores free when the run starts (load average)
         "weak_flip": True,  # random horizontal flip with left/right word swap on training batches
         "val_every": 1,  # validate every N epochs (and always after the last)
         "log_every": 10,  # optimizer steps between metrics.jsonl / TensorBoard entries

@@ -52,6 +52,7 @@ from l2l.training.rundir import save_model_dir, truncate_metrics
 from l2l.training.config import resolve_config, save_config
 from l2l.utils.io import atomic_write, atomic_write_json
 from l2l.utils.seed import seed_everything
+from l2l.utils.threads import free_cores
 
 CHECKPOINT = "checkpoint.pt"
 # Config sections that must match for a checkpoint to be resumed (the `train` section may change,
@@ -73,8 +74,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.tcfg = cfg["train"]
         self.env = DistEnv.setup(self.tcfg["device"])
-        if self.tcfg["threads"]:
-            torch.set_num_threads(self.tcfg["threads"])
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", self.env.world_size))
+        threads = self.tcfg["threads"] or (max(1, free_cores() // local_ranks) if self.env.device.type == "cpu" else 0)
+        if threads:
+            torch.set_num_threads(threads)
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.env.barrier()
