@@ -164,3 +164,19 @@ def test_two_gloo_processes_match_one_process_evaluation(root: Path, tmp_path: P
     single = evaluate(RESModel.from_pretrained(run / "last"), RESDataset(root, "shaperefs/unc/val"),
                       batch_size=1, progress=False)
     assert single == per_rank[0]["last"]["prior_free"]
+
+
+def test_validates_at_start_and_every_n_steps_and_best_is_the_val_argmax(root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    summary = Trainer(_cfg(root, "train.epochs=4", "train.val_every=100", "train.val_every_steps=2",
+                           "train.validate_at_start=true"), run).fit()
+    vals = [r for r in _records(run) if "val/prior_free/mIoU" in r]
+    per_epoch = summary["steps"] // 4
+    # step 0, then the first epoch end after each multiple of 2 steps, and always the last
+    expected = [0] + sorted({e * per_epoch for e in range(1, 5) if (e * per_epoch) // 2 > ((e - 1) * per_epoch) // 2}
+                            | {summary["steps"]})
+    assert [r["step"] for r in vals] == expected
+    best = max(vals, key=lambda r: r["val/prior_free/mIoU"])  # first maximum wins, as the trainer's strict ">"
+    card = (run / "best" / "README.md").read_text()
+    assert f"step | {best['step']}" in card
+    assert summary["best"]["step"] == best["step"]

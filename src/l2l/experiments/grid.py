@@ -5,8 +5,9 @@ half-way resumes from its checkpoint) and ends with `final.json`, the run's resu
 is never redone, so the grid can span several sittings. `OUT/results.json` and `OUT/table.md` are rebuilt
 from all finished runs after each one.
 
-Scores are of the model after the last epoch (no checkpoint selection on any split), at the original
-image resolution, on every sentence of every ref of each test split, in two modes: `prior` (the model is
+Scores are of `best/`: the weight average that validation on val chose among the schedule's checkpoints
+(step 0 included, so a network with priors that learnt nothing useful stays prior_only); the test splits are
+read once, after training. Scored at the original image resolution, on every sentence of every ref of each test split, in two modes: `prior` (the model is
 given the proposal of the (simulated) MLLM prior, the L2L setting) and `prior_free`.
 
 One module for the grid: cells, their configs, running (one process or a pool), aggregation and tables belong
@@ -113,6 +114,10 @@ def run_one(
         raise RuntimeError(f"{run_dir}: training stopped early (train.stop_after_steps is set)")
     train_s = time.perf_counter() - t0
     net = trainer.eval_network()
+    if hasattr(net, "save_pretrained") and (run_dir / "best").is_dir():
+        from l2l.model.modeling import RESModel
+
+        net = RESModel.from_pretrained(run_dir / "best")  # the network validation chose (the last one if validated once)
     uses_sesm = bool(trainer.model_config.use_sesm)
     records: list[dict[str, Any]] = []
     d = cfg["data"]
@@ -137,6 +142,7 @@ def run_one(
             rec.update({k: float(metrics[k]) for k in SCORE_KEYS})
             rec["n"] = int(metrics["n"])
             rec["train_s"] = round(train_s, 1)
+            rec["best_step"] = int(summary["best"]["step"])
             records.append(rec)
             log(f"  {method:<14} ratio={ratio:<5g} seed={seed} {split:<6} {mode:<10} mIoU={rec['mIoU']:.2f} oIoU={rec['oIoU']:.2f}")
     atomic_write_json(final, records)
@@ -224,15 +230,17 @@ def update_doc(doc: Path, out: Path) -> None:
 def grid_cells(
     methods: Sequence[str], ratios: Sequence[float], seeds: Sequence[int], full: bool = True, ablations: bool = False
 ) -> list[tuple[str, float, int]]:
-    """The (method, ratio, seed) cells, in run order: every method at every ratio and seed, the fully supervised upper
-    bound once per seed when `full`, then the L2L ablations at the smallest ratio when `ablations`."""
+    """The (method, ratio, seed) cells, in run order: the smallest ratio first (every method, and the L2L ablations
+    when `ablations`, seed by seed), then the fully supervised upper bound once per seed when `full`, then the
+    other ratios. A grid stopped early has the headline column (the smallest ratio, where the claims are) whole."""
     for m in (*methods, *(ABLATIONS if ablations else ())):
         get_method_class(method_of(m))  # fail on a typo before any training
-    cells = [(m, r, s) for r in ratios for s in seeds for m in methods]
+    ratios = sorted(ratios)
+    extra = [m for m in ABLATIONS if m not in methods] if ablations else []
+    cells = [(m, ratios[0], s) for s in seeds for m in (*methods, *extra)]
     if full:
         cells += [(FULL, 1.0, s) for s in seeds]
-    if ablations:  # last: a grid stopped early still has the main table complete
-        cells += [(m, min(ratios), s) for s in seeds for m in ABLATIONS if m not in methods]
+    cells += [(m, r, s) for r in ratios[1:] for s in seeds for m in methods]
     return cells
 
 

@@ -66,6 +66,8 @@ DEFAULTS: dict[str, Any] = {
         "threads": 0,  # intra-op CPU threads per process; 0 = the cores free when the run starts (load average)
         "weak_flip": True,  # random horizontal flip with left/right word swap on training batches
         "val_every": 1,  # validate every N epochs (and always after the last)
+        "val_every_steps": 0,  # also validate at the first epoch end after every N optimizer steps (0 = off)
+        "validate_at_start": False,  # validate the untrained network too, so best/ may be the starting point
         "log_every": 10,  # optimizer steps between metrics.jsonl / TensorBoard entries
         "checkpoint_every": 50,  # optimizer steps between resume checkpoints (also at every epoch end)
         "max_steps": 0,  # stop after this many optimizer steps in total (0 = epochs decide)
@@ -236,7 +238,7 @@ def _validate(cfg: dict[str, Any], source: str) -> None:
     for key in ("epochs", "batch_size", "unlabelled_batch_size", "eval_batch_size", "grad_accum", "val_every", "log_every", "checkpoint_every"):
         if train[key] < 1:
             raise ConfigError(f"{source}: train.{key}={train[key]} must be at least 1")
-    for key in ("max_steps", "stop_after_steps", "num_workers", "threads"):
+    for key in ("max_steps", "stop_after_steps", "num_workers", "threads", "val_every_steps"):
         if train[key] < 0:
             raise ConfigError(f"{source}: train.{key}={train[key]} must not be negative")
     if train["lr"] <= 0:

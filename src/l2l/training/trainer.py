@@ -495,8 +495,13 @@ class Trainer:
                 self.epoch = tr["epochs"]
                 self.save_checkpoint()
             return False
+        if tr["validate_at_start"] and self.step == 0 and not self.last_val:
+            # the starting point is a candidate for best/: with priors, a do-no-harm network starts as prior_only
+            self._validate_and_save()
+            self.save_checkpoint()
         # `epoch_done`: resumed between an epoch's last batch and the end of its end-of-epoch work
         while (self.epoch < tr["epochs"] and self.step < self.total_steps) or self.epoch_done:
+            epoch_start_step = self.step - self.micro_done // accum
             self.sampler_l.set_epoch(self.epoch)
             self.sampler_l.set_start(self.micro_done * bs)
             loader = self._loader(self.labelled, self.sampler_l, bs, self.drop_last, tr["weak_flip"])
@@ -574,7 +579,9 @@ class Trainer:
                 epoch_logs.update({f"evolve/hidden_{k}": v for k, v in self.hidden_score.items()})
             if epoch_logs:
                 self._log({"step": self.step, "epoch": self.epoch, **{f"method/{k}": v for k, v in epoch_logs.items()}})
-            validate = finished or (self.epoch + 1) % tr["val_every"] == 0
+            every = tr["val_every_steps"]
+            validate = (finished or (self.epoch + 1) % tr["val_every"] == 0
+                        or (every > 0 and self.step // every > epoch_start_step // every))
             if epoch_logs or validate:
                 # the rewritten bank and the state that knows of the round become durable together, and a crash in
                 # validation (a bad image) loses no training
