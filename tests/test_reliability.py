@@ -171,3 +171,34 @@ def test_threads_follow_the_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     threads.prefer_passive_wait()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice wins
+
+
+def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture, *words: str) -> None:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # info lines (the provider) may precede
+    assert len(errors) == 1 and all(w in errors[0] for w in words), err
+
+
+def test_a_config_that_is_not_utf8_or_is_a_directory_is_one_line(root: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\xff\xfe\x00train: {}")
+    _one_line_exit_2(["train", "--config", str(bad), "--root", str(root), "--out", str(tmp_path / "r")], capsys,
+                     "bad.yaml", "UTF-8")
+    _one_line_exit_2(["train", "--config", str(tmp_path), "--root", str(root), "--out", str(tmp_path / "r")], capsys,
+                     "is a directory")
+
+
+def test_an_output_whose_parent_is_a_file_is_one_line(root: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    data = ["--root", str(root), "--data", "shaperefs/unc/val"]
+    _one_line_exit_2(["train", "--config", "tiny", "--root", str(root), "--out", str(blocker / "run")], capsys,
+                     "cannot write here")
+    _one_line_exit_2(["priors", "run", *data, "--provider", "simulated", "--limit", "2",
+                      "--out", str(blocker / "p.jsonl")], capsys, "cannot write here")
+    _one_line_exit_2(["data", "split", "--root", str(root), "--dataset", "shaperefs", "--split-by", "unc",
+                      "--ratio", "0.5", "--seed", "0", "--out", str(blocker / "s.json")], capsys, "cannot write here")

@@ -33,7 +33,7 @@ import pycocotools.mask as mask_utils
 from l2l.data import shaperefs_grammar as grammar
 from l2l.data import shaperefs_scene as scene_mod
 from l2l.errors import DataError
-from l2l.utils.io import atomic_write, atomic_write_json
+from l2l.utils.io import atomic_write, atomic_write_json, make_dir
 
 DATASET = "shaperefs"
 SPLIT_BY = "unc"
@@ -226,8 +226,8 @@ def generate(out_root: Path, num_images: int, seed: int, progress: bool = True, 
     images_dir = out_root / "images" / DATASET
     data_dir = out_root / DATASET
     try:
-        images_dir.mkdir(parents=True, exist_ok=True)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(images_dir)
+        make_dir(data_dir)
     except OSError as exc:
         raise DataError(f"{out_root}: cannot create the output folders ({exc})") from None
     splits = split_of_images(num_images, seed)

@@ -23,6 +23,7 @@ import numpy as np
 from l2l.data.shaperefs import ensure_shaperefs
 from l2l.experiments.grid import SCORE_KEYS
 from l2l.proposals.bank import bank_has_prior
+from l2l.utils.io import make_dir
 
 DEMO_OVERRIDES = ("train.max_steps=160", "data.max_val_samples=200")
 
@@ -76,7 +77,7 @@ def run_demo(
     from l2l.utils.io import atomic_write_json
 
     t_start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     ensure_shaperefs(data_root, images, seed, log)
     test_splits = ("testA", "testB")
     results: dict[str, Any] = {"label_ratio": 0.01, "dataset": "shaperefs", "test_splits": list(test_splits),

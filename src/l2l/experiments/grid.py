@@ -27,7 +27,7 @@ from l2l.evaluation.evaluator import evaluate
 from l2l.evaluation.metric import METRIC_KEYS
 from l2l.methods import get_method_class
 from l2l.training.config import load_config
-from l2l.utils.io import atomic_write_json, atomic_write_text
+from l2l.utils.io import atomic_write_json, atomic_write_text, make_dir
 
 SCORE_KEYS = tuple(k for k in METRIC_KEYS if k != "n")  # the metrics a table reports (no count)
 ALL_METHODS = ("supervised", "prior_only", "prior_label", "fixmatch", "semires", "semires_mllm", "l2l")
@@ -394,7 +394,7 @@ def run_grid(
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     if jobs > 1:
         grid = dict(config=config, root=root, dataset=dataset, split_by=split_by, out=out, eval_splits=eval_splits,
                     overrides=overrides)

@@ -34,7 +34,7 @@ from l2l.errors import CheckpointError, ConfigError, InputError
 from l2l.model.config import ModelConfig
 from l2l.model.text import TextEncoder
 from l2l.model.vision import StagedEncoder, build_vision
-from l2l.utils.io import atomic_write, atomic_write_text
+from l2l.utils.io import atomic_write, atomic_write_text, make_dir
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -327,7 +327,7 @@ class RESModel(nn.Module):
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dir(directory)
         skip_text = self._text_from_package()
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
                  if not (skip_text and k.startswith("text.model."))}

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 from l2l.errors import DataError
 from l2l.priors.prior import Prior
-from l2l.utils.io import atomic_write_text, file_lock
+from l2l.utils.io import atomic_write_text, file_lock, make_dir
 
 
 def _complete_lines(data: bytes) -> tuple[list[bytes], int]:
@@ -70,7 +70,7 @@ class PriorsFile:
     def open_for_append(self) -> "PriorsFile":
         """Take the file's lock (a second writer waits, then sees what the first wrote), recover from a crash
         (cut a torn last line), load the done ids, open for appending."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(self.path.parent)
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(file_lock(self.path.with_name(self.path.name + ".lock")))
         try:

@@ -31,7 +31,7 @@ import numpy as np
 
 from l2l.errors import ConfigError, DataError
 from l2l.proposals.methods import FAILED_PRIOR, METHODS, PriorLike, make_proposal
-from l2l.utils.io import atomic_write_json, file_lock
+from l2l.utils.io import atomic_write_json, file_lock, make_dir
 
 INDEX_VERSION = 1
 
@@ -86,7 +86,7 @@ class ProposalBank:
         elif readonly:
             raise DataError(f"{index}: no proposal bank here (build it with build_bank first)")
         else:
-            self.path.mkdir(parents=True, exist_ok=True)
+            make_dir(self.path)
         self._data = self.path / "maps.u8"
         self._maps: np.memmap | None = None
         self._next_row = max((e["row"] for e in self.entries.values()), default=-1) + 1

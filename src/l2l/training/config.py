@@ -304,8 +304,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
     except FileNotFoundError as exc:
         names = ", ".join(shipped_configs())
         raise ConfigError(f"{path}: config file not found (shipped configs: {names})") from exc
-    except (IsADirectoryError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not a UTF-8 YAML file ({type(exc).__name__})") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path}: is a directory, not a YAML config file") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 YAML file ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -50,7 +50,7 @@ from l2l.training.batching import Collator, EpochSampler, SeededItems, move_batc
 from l2l.training.distributed import DistEnv, all_reduce_grads, average_buffers, rng_state, set_rng_state
 from l2l.training.rundir import save_model_dir, truncate_metrics
 from l2l.training.config import resolve_config, save_config
-from l2l.utils.io import atomic_write, atomic_write_json
+from l2l.utils.io import atomic_write, atomic_write_json, make_dir
 from l2l.utils.seed import seed_everything
 from l2l.utils.threads import free_cores
 
@@ -79,7 +79,7 @@ class Trainer:
         if threads:
             torch.set_num_threads(threads)
         if self.env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            make_dir(self.run_dir)
         self.env.barrier()
         seed_everything(int(cfg["seed"]))
         self.method_cls = get_method_class(cfg["method"]["name"])

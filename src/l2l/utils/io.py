@@ -41,6 +41,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         raise
 
 
+def make_dir(path: str | os.PathLike) -> Path:
+    """`mkdir -p` that turns "a parent is a file" or "no permission" into an `OutputError` naming the path, so every
+    command that writes a directory exits with one line instead of a traceback."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     def _write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
