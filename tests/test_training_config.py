@@ -37,7 +37,8 @@ def test_overrides_are_typed_against_defaults() -> None:
         ("train.lr", ["key=value"]),
         ("method.lambdag=1", ["lambda_g"]),
         ("method.name=supervisd", ["supervised"]),
-        ("train.epochs=0", ["at least 1"]),
+        ("train.epochs=0", ["max_steps decide", "max_steps is 0"]),
+        ("train.epochs=-1", ["must not be negative"]),
         ("model.image_size=100", ["multiple of 32"]),
         ("method.name=fixmatch", ["data.proposal=none"]),
     ],
@@ -90,3 +91,13 @@ def test_cli_unknown_key_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_method_model_overrides_are_applied() -> None:
     assert resolve_config({}, ["method.name=l2l_no_sesm"])["model"]["use_sesm"] is False
     assert resolve_config({}, ["method.name=supervised"])["model"]["use_sesm"] is True
+
+
+def test_methods_read_typed_options() -> None:
+    from l2l.methods import METHODS
+
+    cfg = resolve_config({"data": {"proposal": "gaussian"}}, ["method.name=l2l", "method.rple_samples=4",
+                                                              "method.lambda_u=2"])
+    opts = METHODS["l2l"].Options(**{k: v for k, v in cfg["method"].items() if k != "name"})
+    assert opts.rple_samples == 4 and isinstance(opts.lambda_u, float) and opts.lambda_u == 2.0
+    assert set(METHODS["semires"].defaults) > set(METHODS["fixmatch"].defaults) - {"threshold"}

@@ -180,3 +180,9 @@ def test_validates_at_start_and_every_n_steps_and_best_is_the_val_argmax(root: P
     card = (run / "best" / "README.md").read_text()
     assert f"step | {best['step']}" in card
     assert summary["best"]["step"] == best["step"]
+
+
+def test_epochs_zero_lets_max_steps_decide(root: Path, tmp_path: Path) -> None:
+    summary = Trainer(_cfg(root, "train.epochs=0", "train.max_steps=5", "train.val_every=0"), tmp_path / "run").fit()
+    vals = [r for r in _records(tmp_path / "run") if "val/prior_free/mIoU" in r]
+    assert summary["steps"] == 5 and [r["step"] for r in vals] == [5]  # val_every=0: validated once, at the end

@@ -145,20 +145,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _bank(args: argparse.Namespace, k: int, dataset: Any, size: int, device: torch.device, rank: int) -> Any:
     """Build (rank 0) or open (other ranks, after a barrier) the proposal bank of one dataset id."""
-    from l2l.proposals import ProposalBank
-    from l2l.proposals.prepare import prepare_bank
+    from l2l.proposals import BankSpec, ProposalBank
 
     cache = args.proposal_cache or args.out / "proposals"
     data_id = dataset.data_id
+    priors = (args.priors[k] if len(args.priors) > 1 else args.priors[0]) if args.priors else None
+    spec = BankSpec(root=str(args.root), method=args.proposal_method, size=int(size),
+                    priors=str(priors) if priors else None, seed=args.priors_seed,
+                    sam_checkpoint=str(args.sam_checkpoint) if args.sam_checkpoint else None)
     bank = None
     if rank == 0:
-        priors = (args.priors[k] if len(args.priors) > 1 else args.priors[0]) if args.priors else None
-        bank, _ = prepare_bank(args.root, data_id, args.proposal_method, size, cache, priors=priors,
-                               provider="simulated", seed=args.priors_seed, sam_checkpoint=args.sam_checkpoint,
-                               device=str(device))
+        bank, _ = spec.prepare(data_id, cache, device=str(device))
     if dist.is_initialized():
         dist.barrier()
     if bank is None:
-        where = cache / f"{data_id.dataset}_{data_id.split_by}_{data_id.split}" / f"{args.proposal_method}-s{int(size)}"
-        bank = ProposalBank.open(where)
+        bank = ProposalBank.open(spec.path(data_id, cache))
     return bank

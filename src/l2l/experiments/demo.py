@@ -71,7 +71,7 @@ def run_demo(
 ) -> dict[str, Any]:
     from l2l.data.dataset import DataId
     from l2l.evaluation.evaluator import evaluate
-    from l2l.proposals import prepare_bank
+    from l2l.proposals import BankSpec
     from l2l.training.config import load_config
     from l2l.training.trainer import Trainer
     from l2l.utils.io import atomic_write_json
@@ -97,18 +97,13 @@ def run_demo(
         trainers[method] = trainer
         train_s = time.perf_counter() - t0
         if bank is None:
-            d = cfg["data"]
-            bank = _PooledBank([
-                prepare_bank(data_root, DataId("shaperefs", "unc", s), method=d["proposal"],
-                             size=trainer.model_config.image_size, cache_dir=out / "cache", provider="simulated",
-                             seed=d["priors_seed"], progress=False)[0]
-                for s in test_splits
-            ])
+            spec = BankSpec.from_data(trainer.dcfg, trainer.model_config.image_size)
+            bank = _PooledBank([spec.prepare(DataId("shaperefs", "unc", s), out / "cache")[0] for s in test_splits])
         by_mode = {}
         for mode in ("prior",) if method == "prior_only" else ("prior", "prior_free"):
             log(f"[{method}] evaluating on {'+'.join(test_splits)} ({len(test)} sentences, {mode.replace('_', '-')})")
             m = evaluate(trainer.eval_network(), test, trainer.processor, bank=bank, use_priors=mode == "prior",
-                         batch_size=cfg["train"]["eval_batch_size"], progress=sys.stderr.isatty(),
+                         batch_size=trainer.tcfg.eval_batch_size, progress=sys.stderr.isatty(),
                          out_jsonl=out / f"samples_{method}_{mode}.jsonl")
             by_mode[mode] = {k: round(float(m[k]), 2) for k in SCORE_KEYS} | {"n": int(m["n"])}
         results["methods"][method] = {**by_mode["prior"], "mode": "prior", "by_mode": by_mode,

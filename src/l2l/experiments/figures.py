@@ -210,7 +210,7 @@ def render_gallery(trainer: Any, data_root: Path, path: Path, n: int = 6) -> tup
         img = item["image"]
         h, w = img.shape[:2]
         prior = trainer.priors.get(sid)
-        q0 = make_proposal(trainer.cfg["data"]["proposal"], img, prior).map
+        q0 = make_proposal(trainer.dcfg.proposal, img, prior).map
         gt = full.mask(by_id[sid])
         def at_image_size(square: torch.Tensor, w: int = w, h: int = h) -> np.ndarray:  # model side -> image side
             return cv2.resize(square.float().cpu().numpy(), (w, h), interpolation=cv2.INTER_NEAREST)

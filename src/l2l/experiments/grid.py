@@ -25,14 +25,15 @@ from typing import Any, Callable, Sequence
 from l2l.data.dataset import DataId, RESDataset
 from l2l.evaluation.evaluator import evaluate
 from l2l.evaluation.metric import METRIC_KEYS
-from l2l.methods import get_method_class
+from l2l.methods import METHODS, get_method_class
 from l2l.training.config import load_config
 from l2l.utils.io import atomic_write_json, atomic_write_text, make_dir
 
 SCORE_KEYS = tuple(k for k in METRIC_KEYS if k != "n")  # the metrics a table reports (no count)
-ALL_METHODS = ("supervised", "prior_only", "prior_label", "fixmatch", "semires", "semires_mllm", "l2l")
+# Derived from the registry: every method is a grid row, every ablation a row at the smallest ratio.
+ALL_METHODS = tuple(name for name, cls in METHODS.items() if not cls.ablation_of)
 QUICK_METHODS = ALL_METHODS
-ABLATIONS = ("l2l_no_rple", "l2l_classifier", "l2l_no_sesm", "l2l_no_evolve", "l2l_uninformative_conf")
+ABLATIONS = (*(name for name, cls in METHODS.items() if cls.ablation_of), "l2l_uninformative_conf")
 FULL = "supervised_full"  # the fully supervised upper bound: `supervised` on a 100% split
 FULL_STEPS = 1800  # the bound's own schedule: 100% labels need more steps than a 1% cell to reach what they can
 # Grid cells that are a registered method with fixed overrides (the cell name is the row in the table).
@@ -58,7 +59,7 @@ def run_dir_for(out: Path, method: str, ratio: float, seed: int) -> Path:
 
 def _modes_for(method: str, uses_sesm: bool) -> list[str]:
     cls = get_method_class(method_of(method))
-    if not getattr(cls, "needs_training", True):
+    if not cls.needs_training:
         return ["prior"]  # prior_only: the proposal is the prediction; prior-free it would predict nothing
     return ["prior", "prior_free"] if uses_sesm else ["prior_free"]
 
@@ -99,7 +100,7 @@ def run_one(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Train one grid cell (or resume it) and return its result records; cached in `final.json`."""
-    from l2l.proposals import prepare_bank
+    from l2l.proposals import BankSpec
     from l2l.training.trainer import Trainer
 
     run_dir = run_dir_for(out, method, ratio, seed)
@@ -120,22 +121,18 @@ def run_one(
         net = RESModel.from_pretrained(run_dir / "best")  # the network validation chose (the last one if validated once)
     uses_sesm = bool(trainer.model_config.use_sesm)
     records: list[dict[str, Any]] = []
-    d = cfg["data"]
+    spec = BankSpec.from_data(trainer.dcfg, trainer.model_config.image_size)
     for split in eval_splits:
         data_id = DataId(dataset, split_by, split)
         ds = RESDataset(root, data_id)
         modes = _modes_for(method, uses_sesm)
         bank = None
         if "prior" in modes:
-            bank, _ = prepare_bank(
-                root, data_id, method=d["proposal"], size=trainer.model_config.image_size,
-                cache_dir=out / "cache", priors=d["priors"] or None, provider=d["priors_provider"],
-                seed=d["priors_seed"], sam_checkpoint=d["sam_checkpoint"] or None, progress=False,
-            )
+            bank, _ = spec.prepare(data_id, out / "cache")
         for mode in modes:
             metrics = evaluate(
                 net, ds, trainer.processor, bank=bank, use_priors=mode == "prior",
-                batch_size=cfg["train"]["eval_batch_size"], progress=False,
+                batch_size=trainer.tcfg.eval_batch_size, progress=False,
                 out_jsonl=run_dir / f"samples_{split}_{mode}.jsonl",
             )
             rec = {"method": method, "ratio": ratio, "seed": seed, "split": split, "mode": mode}
@@ -258,57 +255,43 @@ def prebuild_banks(
     """Build, one after the other, every proposal bank the `cells` will open; returns how many distinct banks.
 
     Banks are cached on disk and built on first use: the train and val banks by the Trainer in the shared
-    `data.cache_dir` (default `<root>/.l2l_cache`), the eval-split banks by `run_one` in `OUT/cache`. Cells run
-    in parallel processes (`run_grid(jobs>1)`) would otherwise race to build the same bank into the same
-    directory. Once built here, the workers only open finished files. The calls mirror `Trainer._build_banks`
-    and `run_one` argument for argument, so that the workers find exactly these banks."""
+    cache (`data.cache_dir`, default `<root>/.l2l_cache`), the eval-split banks by `run_one` in `OUT/cache`. Cells
+    run in parallel processes (`run_grid(jobs>1)`) would otherwise race to build the same bank. The same
+    `BankSpec` and cache directories as the Trainer and `run_one` are used, so the workers open these banks."""
     import torch
 
     from l2l.model.config import ModelConfig
-    from l2l.proposals import prepare_bank
+    from l2l.proposals import BankSpec, shared_cache
+    from l2l.proposals.candidates import prepare_candidates
+    from l2l.training.config import DataConfig
 
     done: set[tuple] = set()
     for method, ratio, seed in cells:
         cfg = _cell_config(config, root, dataset, split_by, method, ratio, seed, overrides)
-        d = cfg["data"]
+        d = DataConfig(**cfg["data"])
         model_config = ModelConfig.from_dict(cfg["model"], source="config: model")
         cls = get_method_class(cfg["method"]["name"])
-        size = model_config.image_size
-        wanted: list[tuple[str, DataId, Path, dict[str, Any]]] = []
-        if cls.needs_proposals or (model_config.use_sesm and d["proposal"] != "none"):  # as Trainer._build_banks
-            if d["proposal"] == "none":
-                continue  # the cell fails in its worker with the Trainer's own error
-            shared = Path(d["cache_dir"]) if d["cache_dir"] else Path(d["root"]) / ".l2l_cache"
-            use_cuda = torch.cuda.is_available() and cfg["train"]["device"] != "cpu"
-            kwargs = dict(
-                method=d["proposal"], size=size, priors=d["priors"] or None, provider=d["priors_provider"],
-                seed=d["priors_seed"], sam_checkpoint=d["sam_checkpoint"] or None,
-                device="cuda:0" if use_cuda else "cpu",
-            )
-            for split in (d["train_split"], d["val_split"]):
-                wanted.append((d["root"], DataId(d["dataset"], d["split_by"], split), shared, kwargs))
+        spec = BankSpec.from_data(d, model_config.image_size)
+        shared = shared_cache(d.root, d.cache_dir)
+        wanted: list[tuple[DataId, Path, str]] = []
+        if cls.takes_proposals(model_config.use_sesm) and d.proposal != "none":  # as Trainer._build_banks
+            device = "cuda:0" if torch.cuda.is_available() and cfg["train"]["device"] != "cpu" else "cpu"
+            wanted += [(DataId(d.dataset, d.split_by, s), shared, device) for s in (d.train_split, d.val_split)]
         if "prior" in _modes_for(method, bool(model_config.use_sesm)):  # as run_one's evaluation
-            kwargs = dict(method=d["proposal"], size=size, priors=d["priors"] or None,
-                          provider=d["priors_provider"], seed=d["priors_seed"],
-                          sam_checkpoint=d["sam_checkpoint"] or None)
-            for split in eval_splits:
-                wanted.append((str(root), DataId(dataset, split_by, split), out / "cache", kwargs))
+            wanted += [(DataId(dataset, split_by, s), out / "cache", "cpu") for s in eval_splits]
         if cls.needs_candidates:  # as Trainer._build_banks
-            from l2l.proposals.candidates import prepare_candidates
-
-            shared = Path(d["cache_dir"]) if d["cache_dir"] else Path(d["root"]) / ".l2l_cache"
-            train_id = DataId(d["dataset"], d["split_by"], d["train_split"])
+            train_id = DataId(d.dataset, d.split_by, d.train_split)
             if ("candidates", str(train_id), str(shared)) not in done:
                 done.add(("candidates", str(train_id), str(shared)))
-                log(f"  candidate masks {train_id} (size {size}) in {shared}")
-                prepare_candidates(d["root"], train_id, size, shared, sam_checkpoint=d["sam_checkpoint"] or None)
-        for data_root, data_id, cache_dir, kw in wanted:
-            key = (str(data_root), str(data_id), str(cache_dir), tuple(sorted((k, str(v)) for k, v in kw.items())))
+                log(f"  candidate masks {train_id} (size {spec.size}) in {shared}")
+                prepare_candidates(d.root, train_id, spec.size, shared, sam_checkpoint=d.sam_checkpoint or None)
+        for data_id, cache_dir, device in wanted:
+            key = (spec, str(data_id), str(cache_dir))
             if key in done:
                 continue
             done.add(key)
-            log(f"  proposal bank {data_id} ({kw['method']}, size {kw['size']}) in {cache_dir}")
-            prepare_bank(data_root, data_id, cache_dir=cache_dir, progress=False, **kw)
+            log(f"  proposal bank {data_id} ({spec.method}, size {spec.size}) in {cache_dir}")
+            spec.prepare(data_id, cache_dir, device=device)
     return len(done)
 
 
@@ -336,11 +319,11 @@ def _worker_overrides(overrides: Sequence[str]) -> list[str]:
 def _cost_rank(method: str) -> int:
     """Rough cost order of a cell: self-evolving L2L first, then other semi-supervised methods, then the rest."""
     cls = get_method_class(method_of(method))
-    if not getattr(cls, "needs_training", True):
+    if not cls.needs_training:
         return 3
-    if hasattr(cls, "evolve"):
+    if cls.evolves:
         return 0
-    return 1 if getattr(cls, "needs_unlabelled", False) else 2
+    return 1 if cls.needs_unlabelled else 2
 
 
 def longest_first(cells: Sequence[tuple[str, float, int]], todo: Sequence[int]) -> list[int]:

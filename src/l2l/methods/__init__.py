@@ -1,8 +1,9 @@
 """Semi-supervised methods behind one `Method.train_step` interface, looked up by name.
 
 Add a method by importing its class here and adding one entry to `METHODS`.
-A method may declare `defaults: ClassVar[dict]` (every hyper-parameter it reads); `resolve_method_cfg`
-then rejects unknown keys, so a typo in a config fails before training starts.
+A method declares its hyper-parameters as an `Options` dataclass (a default and a one-line doc per field) and its
+needs as the flags of `Method`; the config rejects unknown keys, so a typo fails before training starts. The grid's
+method list derives from `METHODS` (`l2l.experiments.grid`).
 """
 
 from __future__ import annotations
@@ -52,9 +53,7 @@ def get_method_class(name: str) -> type[Method]:
 def resolve_method_cfg(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """Method hyper-parameters merged over the method's `defaults`; unknown keys are a ConfigError."""
     cls = get_method_class(name)
-    defaults = getattr(cls, "defaults", None)
-    if defaults is None:
-        return dict(cfg)
+    defaults = cls.defaults
     for key in cfg:
         if key not in defaults:
             raise ConfigError(f"unknown key 'method.{key}' for method {name!r}{_nearest(key, sorted(defaults))}")

@@ -7,11 +7,17 @@ student optimiser/scheduler, checkpoints and distribution, and calls the hooks b
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+
+@dataclass
+class NoOptions:
+    """A method without hyper-parameters (prior_only)."""
 
 
 @dataclass
@@ -30,12 +36,31 @@ class Method:
     needs_proposals: ClassVar[bool] = False  # batches carry `proposal`/`has_proposal` when True
     uses_proposals_at_eval: ClassVar[bool] = False  # evaluate "with priors" as the main mode
     needs_candidates: ClassVar[bool] = False  # unlabelled batches carry class-agnostic candidate masks (SemiRES)
+    ablation_of: ClassVar[str] = ""  # an ablation names the method it switches a part off in (its grid row)
+    needs_training: ClassVar[bool] = True  # False: nothing to learn, the trainer skips the loop (prior_only)
+    evolves: ClassVar[bool] = False  # rewrites the proposal bank during training (self-evolution)
+    model_overrides: ClassVar[dict[str, Any]] = {}  # ModelConfig fields the config must set (l2l_no_sesm)
+    # Every hyper-parameter the method reads: a dataclass with a default and a one-line doc per field. `defaults`
+    # (the config's view: field -> default) is derived from it for each subclass.
+    Options: ClassVar[type] = NoOptions
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                        for f in dataclasses.fields(cls.Options)}
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
         self.model = model
-        self.cfg = dict(cfg)
+        self.cfg = {k: v for k, v in {**self.defaults, **cfg}.items() if k != "name"}
+        self.opts = self.Options(**self.cfg)  # typed fields; the config has already checked names and types
         self.total_steps = max(1, int(total_steps))
         self.bank = bank
+
+    @classmethod
+    def takes_proposals(cls, use_sesm: bool) -> bool:
+        """Whether a run builds proposal banks: the method needs them, or its network takes them (SESM)."""
+        return cls.needs_proposals or use_sesm
 
     def train_step(self, batch_l: dict, batch_u: dict | None, step: int) -> StepOutput:
         raise NotImplementedError

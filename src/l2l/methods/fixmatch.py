@@ -8,29 +8,33 @@ UniMatch's feature-perturbation stream needs hooks inside the encoder and is not
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from l2l.methods.base import StepOutput
-from l2l.methods.semi import TeacherStudentMethod, check_unlabelled
+from l2l.methods.semi import TeacherStudentMethod, TeacherStudentOptions, check_unlabelled
+
+
+@dataclass
+class FixMatchOptions(TeacherStudentOptions):
+    threshold: float = 0.95
+    """Teacher confidence a pixel needs to supervise the student."""
 
 
 class FixMatchMethod(TeacherStudentMethod):
     """`L = L_sup + lambda_u(t) * CE+Dice(student_strong, p; conf >= threshold)`."""
 
     name: ClassVar[str] = "fixmatch"
-    defaults: ClassVar[dict[str, Any]] = {
-        **TeacherStudentMethod.defaults,
-        "threshold": 0.95,  # teacher confidence a pixel needs to supervise the student
-    }
+    Options: ClassVar[type] = FixMatchOptions
 
     def train_step(self, batch_l: dict, batch_u: dict | None, step: int) -> StepOutput:
         batch_u = check_unlabelled(batch_u, self.name)
         p = self.teacher_probs(batch_u)
         out_l, out_u = self.student_joined(batch_l, batch_u, self.views.strong(batch_u["pixel_values"]))
         loss, logs = self.supervised(out_l, batch_l)
-        keep = (torch.maximum(p, 1.0 - p) >= float(self.cfg["threshold"])).float()
+        keep = (torch.maximum(p, 1.0 - p) >= self.opts.threshold).float()
         loss_u = self.unsup_loss(out_u["logits"], p, keep, batch_u)
         lam = self.lambda_u(step)
         loss = loss + lam * loss_u

@@ -28,6 +28,7 @@ the policy itself lives in `rple`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable
 
 import torch
@@ -37,7 +38,7 @@ from l2l.errors import ConfigError
 from l2l.methods.base import StepOutput
 from l2l.methods.rple import (ACTIONS, MIXTURE, REJECT, RPLE, BCESelector, action_labels, label_quality, mask_iou,
                               sample_state, with_reject)
-from l2l.methods.semi import TeacherStudentMethod, check_unlabelled, has_proposal_weight, join_inputs, sigmoid_rampup
+from l2l.methods.semi import TeacherStudentMethod, TeacherStudentOptions, check_unlabelled, has_proposal_weight, join_inputs, sigmoid_rampup
 from l2l.methods.teacher import unwrap
 
 
@@ -115,56 +116,71 @@ def label_proposal(batch: dict) -> torch.Tensor:
     return batch.get("label_proposal", batch["proposal"])
 
 
+@dataclass
+class L2LOptions(TeacherStudentOptions):
+    alpha_start: float = 0.3
+    """Teacher weight of the mixture label at step 0."""
+    alpha_end: float = 0.7
+    """... at the end of annealing."""
+    alpha_anneal: float = 0.5
+    """Fraction of training over which alpha moves linearly from start to end."""
+    rple_samples: int = 8
+    """K actions sampled per sample for the group advantage."""
+    rple_cost: float = 0.5
+    """A label earns its proxy IoU minus this (rejecting earns 0)."""
+    rple_entropy: float = 0.01
+    """Entropy bonus of the policy."""
+    rple_lr: float = 1e-2
+    """Adam learning rate of the policy (and of the classifier ablation); 3e-3 barely left its start in 300 steps."""
+    rple_width: int = 32
+    """Hidden width of the policy MLP."""
+    utility_weight: float = 1.0
+    """Weight of the (batch-normalised) utility reward on unlabelled rows (0 = off)."""
+    proxy_folds: int = 4
+    """Cross-fitting folds of the labelled images (1 = no hold-out: every labelled row is proxy)."""
+    fixed_threshold: float = 0.9
+    """l2l_no_rple: accept mixture pixels where max(m, 1 - m) >= this."""
+    evolve_rounds: int = 2
+    """Self-evolution rounds over the run (0 = never), evenly spaced in steps ..."""
+    evolve_start: float = 0.4
+    """... from this fraction of the training steps on (a round is a pass over D_u)."""
+    evolve_mu: float = 1.0
+    """q <- (1 - mu) q + mu label where the decision picks the teacher or the mixture."""
+
+
 class L2LMethod(TeacherStudentMethod):
     """The full method; the ablations below switch one part off through class attributes."""
 
     name: ClassVar[str] = "l2l"
     selector: ClassVar[str] = "rple"  # rple | classifier | threshold
-    evolve: ClassVar[bool] = True  # False: the label bank is never rewritten (l2l_no_evolve)
-    model_overrides: ClassVar[dict[str, Any]] = {}  # ModelConfig fields the trainer must set (l2l_no_sesm)
-    defaults: ClassVar[dict[str, Any]] = {
-        **TeacherStudentMethod.defaults,
-        "alpha_start": 0.3,  # teacher weight of the mixture label at step 0
-        "alpha_end": 0.7,  # ... at the end of annealing
-        "alpha_anneal": 0.5,  # fraction of training over which alpha moves linearly from start to end
-        "rple_samples": 8,  # K actions sampled per sample for the group advantage
-        "rple_cost": 0.5,  # a label earns its proxy IoU minus this (rejecting earns 0)
-        "rple_entropy": 0.01,  # entropy bonus of the policy
-        "rple_lr": 1e-2,  # Adam learning rate of the policy (and of the classifier ablation); 3e-3 barely left its start in 300 steps
-        "rple_width": 32,  # hidden width of the policy MLP
-        "utility_weight": 1.0,  # weight of the (batch-normalised) utility reward on unlabelled rows (0 = off)
-        "proxy_folds": 4,  # cross-fitting folds of the labelled images (1 = no hold-out: every labelled row is proxy)
-        "fixed_threshold": 0.9,  # l2l_no_rple: accept mixture pixels where max(m, 1 - m) >= this
-        "evolve_rounds": 2,  # self-evolution rounds over the run (0 = never), evenly spaced in steps ...
-        "evolve_start": 0.4,  # ... from this fraction of the training steps on (a round is a pass over D_u)
-        "evolve_mu": 1.0,  # q <- (1 - mu) q + mu label where the decision picks the teacher or the mixture
-    }
+    evolves: ClassVar[bool] = True  # False: the label bank is never rewritten (l2l_no_evolve)
+    Options: ClassVar[type] = L2LOptions
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
         super().__init__(model, cfg, total_steps, bank)
-        c = self.cfg
+        o = self.opts
         self.rple: RPLE | BCESelector | None = None
         if self.selector == "rple":
-            self.rple = RPLE(samples=int(c["rple_samples"]), entropy_coef=float(c["rple_entropy"]),
-                             lr=float(c["rple_lr"]), width=int(c["rple_width"]), seed=int(c["seed"]))
+            self.rple = RPLE(samples=o.rple_samples, entropy_coef=o.rple_entropy,
+                             lr=o.rple_lr, width=o.rple_width, seed=o.seed)
         elif self.selector == "classifier":
-            self.rple = BCESelector(lr=float(c["rple_lr"]), width=int(c["rple_width"]), seed=int(c["seed"]))
-        self.utility = self.selector == "rple" and float(c["utility_weight"]) > 0
+            self.rple = BCESelector(lr=o.rple_lr, width=o.rple_width, seed=o.seed)
+        self.utility = self.selector == "rple" and o.utility_weight > 0
         self.head = utility_parameters(model) if self.utility else []
-        if int(c["proxy_folds"]) < 1:
-            raise ConfigError(f"method.proxy_folds={c['proxy_folds']} must be at least 1")
+        if o.proxy_folds < 1:
+            raise ConfigError(f"method.proxy_folds={o.proxy_folds} must be at least 1")
         self.history: list[dict[str, float]] = []  # one entry per self-evolution round
 
     # -- schedules --------------------------------------------------------------------------------------------
     def alpha(self, step: int) -> float:
         """Teacher weight of the mixture label: linear from alpha_start to alpha_end, then constant."""
-        span = float(self.cfg["alpha_anneal"]) * self.total_steps
+        span = self.opts.alpha_anneal * self.total_steps
         t = 1.0 if span <= 0 else min(max(step / span, 0.0), 1.0)
-        return float(self.cfg["alpha_start"]) + t * (float(self.cfg["alpha_end"]) - float(self.cfg["alpha_start"]))
+        return self.opts.alpha_start + t * (self.opts.alpha_end - self.opts.alpha_start)
 
     def proxy_rows(self, batch_l: dict, step: int) -> torch.Tensor:
         """bool `[B_l]`: the labelled rows held out of the supervised loss at `step` (proxy episodes)."""
-        folds = int(self.cfg["proxy_folds"])
+        folds = self.opts.proxy_folds
         n = batch_l["pixel_values"].shape[0]
         if folds == 1 or self.rple is None:
             return torch.ones(n, dtype=torch.bool) if self.rple is not None else torch.zeros(n, dtype=torch.bool)
@@ -195,7 +211,7 @@ class L2LMethod(TeacherStudentMethod):
         target = labels[torch.arange(p.shape[0], device=p.device), pick][:, None]
         weight = (decisions != REJECT).to(p.device).float().view(-1, 1, 1, 1).expand_as(target).clone()
         if self.rple is None:
-            weight = weight * (torch.maximum(target, 1.0 - target) >= float(self.cfg["fixed_threshold"])).float()
+            weight = weight * (torch.maximum(target, 1.0 - target) >= self.opts.fixed_threshold).float()
         return target, weight * has_proposal_weight(batch, target)
 
     def utility_values(self, loss_sup: torch.Tensor, logits_u: torch.Tensor, labels_u: torch.Tensor) -> torch.Tensor:
@@ -212,8 +228,8 @@ class L2LMethod(TeacherStudentMethod):
         if not isinstance(inner, torch.Tensor) or not inner.requires_grad:
             return logits_u.new_zeros(logits_u.shape[0], labels_u.shape[1])
         directional = torch.autograd.grad(inner, w)[0].detach().float()
-        e = per_sample_loss_grad(logits_u.detach(), labels_u, float(self.cfg["ce_weight"]),
-                                 float(self.cfg["dice_weight"]))
+        e = per_sample_loss_grad(logits_u.detach(), labels_u, self.opts.ce_weight,
+                                 self.opts.dice_weight)
         return (e * directional).flatten(2).sum(-1)
 
     # -- the step ---------------------------------------------------------------------------------------------
@@ -228,7 +244,7 @@ class L2LMethod(TeacherStudentMethod):
         p_all = torch.sigmoid(self.teacher(**join_inputs(self.inputs(batch_p), self.inputs(batch_u)))["logits"].float())
         p_l, p_u = p_all[:n_p], p_all[n_p:]
         out_l, out_u = self.student_joined(batch_l, batch_u, self.views.strong(batch_u["pixel_values"]))
-        if self.rple is None or int(self.cfg["proxy_folds"]) == 1 or not bool(proxy.any()):
+        if self.rple is None or self.opts.proxy_folds == 1 or not bool(proxy.any()):
             loss, logs = self.supervised(out_l, batch_l)
         else:  # the proxy fold is out of the supervised loss
             loss, logs = self.supervised_weighted(out_l, batch_l, (~proxy).float().view(-1, 1, 1, 1))
@@ -241,9 +257,9 @@ class L2LMethod(TeacherStudentMethod):
         loss_u = self.unsup_loss(logits_u, target_u, weight_u, batch_u)
         lam = self.lambda_u(step)
         loss = loss + lam * loss_u
-        refined_u, lambda_g = out_u.get("refined"), float(self.cfg["lambda_g"])
+        refined_u, lambda_g = out_u.get("refined"), self.opts.lambda_g
         if refined_u is not None and lambda_g > 0 and bool((weight_u > 0).any()):
-            ramp = sigmoid_rampup(step, float(self.cfg["rampup"]) * self.total_steps)
+            ramp = sigmoid_rampup(step, self.opts.rampup * self.total_steps)
             loss_guide_u = self.unsup_loss(refined_u, target_u, weight_u, batch_u)
             loss = loss + lambda_g * ramp * loss_guide_u
             logs["loss_guide_u"] = float(loss_guide_u.detach())
@@ -260,7 +276,7 @@ class L2LMethod(TeacherStudentMethod):
         w = keep.to(target.device).expand_as(target)
         loss_sup = self.seg_loss(out_l["logits"], target, w)
         loss, logs = loss_sup, {"loss_sup": float(loss_sup.detach())}
-        refined, lambda_g = out_l.get("refined"), float(self.cfg["lambda_g"])
+        refined, lambda_g = out_l.get("refined"), self.opts.lambda_g
         if refined is not None and lambda_g > 0:
             w_g = w * has_proposal_weight(batch_l, refined)
             if bool(w_g.any()):
@@ -276,7 +292,7 @@ class L2LMethod(TeacherStudentMethod):
         device = p_u.device
         self.rple.to(device)
         a = self.alpha(step)
-        cost = float(self.cfg["rple_cost"])
+        cost = self.opts.rple_cost
         logs: dict[str, float] = {}
         states, rewards = [], []
         gt = batch_l["mask"].to(device) > 0.5
@@ -306,7 +322,7 @@ class L2LMethod(TeacherStudentMethod):
             util = util / (scale + 1e-12)
             state_u = self.state(batch_u, p_u, step)[has_u]
             states.append(state_u)
-            rewards.append(with_reject(float(self.cfg["utility_weight"]) * util))
+            rewards.append(with_reject(self.opts.utility_weight * util))
             logs["rple/utility_best_share"] = float((util.argmax(1) == MIXTURE).float().mean())
             logs["rple/utility_positive"] = float((util > 0).float().mean())
         if states:
@@ -322,7 +338,7 @@ class L2LMethod(TeacherStudentMethod):
         choice = self.rple.decide(state_l)
         accepted = choice != REJECT
         chosen = with_reject(quality_l).gather(1, choice.view(-1, 1))[:, 0]
-        good = quality_l.max(1).values > float(self.cfg["rple_cost"])
+        good = quality_l.max(1).values > self.opts.rple_cost
         return {"rple/proxy_accept_rate": float(accepted.float().mean()),
                 "rple/proxy_accepted_iou": float(chosen[accepted].mean()) if bool(accepted.any()) else 0.0,
                 "rple/proxy_precision": float((good & accepted).float().sum() / accepted.float().sum().clamp_min(1)),
@@ -332,11 +348,11 @@ class L2LMethod(TeacherStudentMethod):
     # -- self-evolution ---------------------------------------------------------------------------------------
     def evolve_due(self, step: int) -> bool:
         """Whether a round is due: round k (0-based) falls at step `total * (start + k (1 - start) / rounds)`."""
-        rounds = int(self.cfg["evolve_rounds"])
+        rounds = self.opts.evolve_rounds
         k = len(self.history)
-        if not self.evolve or rounds <= 0 or k >= rounds:
+        if not self.evolves or rounds <= 0 or k >= rounds:
             return False
-        start = float(self.cfg["evolve_start"])
+        start = self.opts.evolve_start
         return step >= self.total_steps * (start + k * (1.0 - start) / rounds)
 
     def evolves_at(self, step: int) -> bool:
@@ -364,7 +380,7 @@ class L2LMethod(TeacherStudentMethod):
                 unl, writes = self._evolve(context.get("unlabelled_loader") or [], device, step, labelled=False)
                 logs.update(unl)
                 for sample_id, label, accept in proxy_writes + writes:
-                    self.bank.update(sample_id, label, accept, float(self.cfg["evolve_mu"]))
+                    self.bank.update(sample_id, label, accept, self.opts.evolve_mu)
                 self.bank.save()
         finally:
             self.model.train(was_training)
@@ -377,7 +393,7 @@ class L2LMethod(TeacherStudentMethod):
         n, changed = 0, 0
         iou_before = iou_after = 0.0
         writes: list[tuple[str, torch.Tensor, torch.Tensor]] = []
-        mu = float(self.cfg["evolve_mu"])
+        mu = self.opts.evolve_mu
         for raw in loader:
             batch = _to_device(raw if labelled else check_unlabelled(raw, self.name), device)
             p = self.teacher_probs(batch)
@@ -422,6 +438,7 @@ class L2LNoRPLEMethod(L2LMethod):
     """Ablation: the mixture label on pixels where it is confident (`fixed_threshold`), no policy."""
 
     name: ClassVar[str] = "l2l_no_rple"
+    ablation_of: ClassVar[str] = "l2l"
     selector: ClassVar[str] = "threshold"
 
 
@@ -430,6 +447,7 @@ class L2LClassifierMethod(L2LMethod):
     utility reward)."""
 
     name: ClassVar[str] = "l2l_classifier"
+    ablation_of: ClassVar[str] = "l2l"
     selector: ClassVar[str] = "classifier"
 
 
@@ -437,6 +455,7 @@ class L2LNoSESMMethod(L2LMethod):
     """Ablation: the network takes no prior input (the trainer builds it with `use_sesm=False`); q still labels."""
 
     name: ClassVar[str] = "l2l_no_sesm"
+    ablation_of: ClassVar[str] = "l2l"
     model_overrides: ClassVar[dict[str, Any]] = {"use_sesm": False}
 
 
@@ -444,4 +463,5 @@ class L2LNoEvolveMethod(L2LMethod):
     """Ablation: the label bank is never rewritten; labels keep mixing in the initial prior."""
 
     name: ClassVar[str] = "l2l_no_evolve"
-    evolve: ClassVar[bool] = False
+    ablation_of: ClassVar[str] = "l2l"
+    evolves: ClassVar[bool] = False

@@ -13,7 +13,7 @@ from torch import nn
 
 from l2l.methods.base import Method, StepOutput
 from l2l.methods.losses import ce_dice, pseudo_label_loss
-from l2l.methods.semi import (check_unlabelled, has_proposal_weight, join_inputs, labelled_loss, model_inputs,
+from l2l.methods.semi import (UnlabelledOptions, check_unlabelled, has_proposal_weight, join_inputs, labelled_loss, model_inputs,
                               sigmoid_rampup, split_output)
 from l2l.methods.supervised import model_uses_sesm
 from l2l.methods.teacher import Views
@@ -25,23 +25,16 @@ class PriorLabelMethod(Method):
     name: ClassVar[str] = "prior_label"
     needs_unlabelled: ClassVar[bool] = True
     needs_proposals: ClassVar[bool] = True
-    defaults: ClassVar[dict[str, Any]] = {
-        "lambda_u": 1.0,  # weight of the proposal-label loss after ramp-up
-        "rampup": 0.2,  # fraction of training over which lambda_u ramps up
-        "ce_weight": 1.0,
-        "dice_weight": 1.0,
-        "lambda_g": 0.5,  # weight of L_guide on the labelled part
-        "seed": 0,  # seed of the strong-view (and RPLE) generators; the config sets it to the run's seed unless given
-    }
+    Options: ClassVar[type] = UnlabelledOptions
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
-        super().__init__(model, {**self.defaults, **cfg}, total_steps, bank)
-        self.views = Views(int(self.cfg["seed"]))
+        super().__init__(model, cfg, total_steps, bank)
+        self.views = Views(self.opts.seed)
         self.use_proposals = model_uses_sesm(model)
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        return ce_dice(logits, target, weight, ce_weight=float(self.cfg["ce_weight"]),
-                       dice_weight=float(self.cfg["dice_weight"]))
+        return ce_dice(logits, target, weight, ce_weight=self.opts.ce_weight,
+                       dice_weight=self.opts.dice_weight)
 
     def train_step(self, batch_l: dict, batch_u: dict | None, step: int) -> StepOutput:
         batch_u = check_unlabelled(batch_u, self.name)
@@ -50,14 +43,14 @@ class PriorLabelMethod(Method):
                              model_inputs(batch_u, strong, self.use_proposals))
         out_l, out_u = split_output(self.model(**joined), batch_l["pixel_values"].shape[0])
 
-        loss, logs = labelled_loss(out_l, batch_l, self._loss, float(self.cfg["lambda_g"]))
+        loss, logs = labelled_loss(out_l, batch_l, self._loss, self.opts.lambda_g)
 
         logits_u = out_u["logits"]
         target = batch_u["proposal"].to(logits_u.device).float()
         weight = has_proposal_weight(batch_u, logits_u)
-        lam = float(self.cfg["lambda_u"]) * sigmoid_rampup(step, float(self.cfg["rampup"]) * self.total_steps)
-        loss_u = pseudo_label_loss(logits_u, target, weight, ce_weight=float(self.cfg["ce_weight"]),
-                                   dice_weight=float(self.cfg["dice_weight"]))
+        lam = self.opts.lambda_u * sigmoid_rampup(step, self.opts.rampup * self.total_steps)
+        loss_u = pseudo_label_loss(logits_u, target, weight, ce_weight=self.opts.ce_weight,
+                                   dice_weight=self.opts.dice_weight)
         loss = loss + lam * loss_u
         logs["loss_unsup"] = float(loss_u.detach())
         logs.update({"lambda_u": lam, "loss": float(loss.detach())})

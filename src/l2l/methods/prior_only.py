@@ -60,7 +60,6 @@ class PriorOnlyMethod(Method):
     needs_proposals: ClassVar[bool] = True
     uses_proposals_at_eval: ClassVar[bool] = True
     needs_training: ClassVar[bool] = False  # the trainer may skip the loop entirely
-    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
         super().__init__(model, cfg, total_steps, bank)

@@ -7,6 +7,7 @@ one backward), which is what keeps a semi-supervised step within a small multipl
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 from l2l.errors import DataError
 from l2l.methods.base import Method
 from l2l.methods.losses import ce_dice, pseudo_label_loss
-from l2l.methods.supervised import model_uses_sesm
+from l2l.methods.supervised import LossOptions, model_uses_sesm
 from l2l.methods.teacher import EMATeacher, Views
 
 
@@ -116,6 +117,24 @@ def labelled_loss(out_l: dict, batch_l: dict, loss_fn: Callable[..., torch.Tenso
     return loss, logs
 
 
+@dataclass
+class UnlabelledOptions(LossOptions):
+    """Every method that learns from D_u: how much, from when, and the seed of its own random streams."""
+
+    lambda_u: float = 1.0
+    """Weight of the unlabelled loss after ramp-up."""
+    rampup: float = 0.2
+    """Fraction of training over which lambda_u ramps up from ~0."""
+    seed: int = 0
+    """Seed of the strong-view (and RPLE) generators; the config sets it to the run's seed unless given."""
+
+
+@dataclass
+class TeacherStudentOptions(UnlabelledOptions):
+    ema_momentum: float = 0.99
+    """EMA teacher momentum (0.99 suits few-hundred-step CPU schedules; ~0.999 for 40-epoch GPU runs)."""
+
+
 class TeacherStudentMethod(Method):
     """Base of the EMA-teacher methods: owns the teacher, the strong views and the supervised part of the loss.
 
@@ -126,25 +145,17 @@ class TeacherStudentMethod(Method):
     needs_unlabelled: ClassVar[bool] = True
     needs_proposals: ClassVar[bool] = True
     teacher_warmup: ClassVar[bool] = True  # Mean Teacher's momentum warm-up (see EMATeacher)
-    defaults: ClassVar[dict[str, Any]] = {
-        "ema_momentum": 0.99,  # EMA teacher momentum (0.99 suits our few-hundred-step CPU schedules; ~0.999 for 40-epoch GPU runs)
-        "lambda_u": 1.0,  # weight of the unlabelled loss after ramp-up
-        "rampup": 0.2,  # fraction of training over which lambda_u ramps up from ~0
-        "ce_weight": 1.0,  # CE share of every CE+Dice term
-        "dice_weight": 1.0,  # Dice share of every CE+Dice term
-        "lambda_g": 0.5,  # weight of L_guide on SESM's refined proposal
-        "seed": 0,  # seed of the strong-view (and RPLE) generators; the config sets it to the run's seed unless given
-    }
+    Options: ClassVar[type] = TeacherStudentOptions
 
     def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
-        super().__init__(model, {**self.defaults, **cfg}, total_steps, bank)
-        self.teacher = EMATeacher(model, float(self.cfg["ema_momentum"]), warmup=self.teacher_warmup)
-        self.views = Views(int(self.cfg["seed"]))
+        super().__init__(model, cfg, total_steps, bank)
+        self.teacher = EMATeacher(model, self.opts.ema_momentum, warmup=self.teacher_warmup)
+        self.views = Views(self.opts.seed)
         self.use_proposals = model_uses_sesm(model)
 
     # -- schedule ---------------------------------------------------------------------------------------------
     def lambda_u(self, step: int) -> float:
-        return float(self.cfg["lambda_u"]) * sigmoid_rampup(step, float(self.cfg["rampup"]) * self.total_steps)
+        return self.opts.lambda_u * sigmoid_rampup(step, self.opts.rampup * self.total_steps)
 
     # -- forwards ---------------------------------------------------------------------------------------------
     def inputs(self, batch: dict, pixel_values: torch.Tensor | None = None) -> dict[str, Any]:
@@ -162,20 +173,20 @@ class TeacherStudentMethod(Method):
 
     # -- losses -----------------------------------------------------------------------------------------------
     def seg_loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        return ce_dice(logits, target, weight, ce_weight=float(self.cfg["ce_weight"]),
-                       dice_weight=float(self.cfg["dice_weight"]))
+        return ce_dice(logits, target, weight, ce_weight=self.opts.ce_weight,
+                       dice_weight=self.opts.dice_weight)
 
     def unsup_loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
                    batch_u: dict) -> torch.Tensor:
         """The shared soft pseudo-label loss; a sample without a proposal (failed prior) contributes nothing: its
         pseudo-label would come from the prior-free teacher alone, the weakest source there is."""
         weight = weight.float() * has_proposal_weight(batch_u, logits)
-        return pseudo_label_loss(logits, target, weight, ce_weight=float(self.cfg["ce_weight"]),
-                                 dice_weight=float(self.cfg["dice_weight"]))
+        return pseudo_label_loss(logits, target, weight, ce_weight=self.opts.ce_weight,
+                                 dice_weight=self.opts.dice_weight)
 
     def supervised(self, out_l: dict, batch_l: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """`L_sup + lambda_g * L_guide` on the labelled part, as in the supervised baseline."""
-        return labelled_loss(out_l, batch_l, self.seg_loss, float(self.cfg["lambda_g"]))
+        return labelled_loss(out_l, batch_l, self.seg_loss, self.opts.lambda_g)
 
     # -- hooks ------------------------------------------------------------------------------------------------
     def after_optimizer_step(self, step: int) -> None:

@@ -24,13 +24,14 @@ a ReLA/LAVT-size network trained for tens of epochs; here it shares the grid's n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from l2l.errors import ConfigError
 from l2l.methods.base import StepOutput
-from l2l.methods.semi import TeacherStudentMethod, check_unlabelled
+from l2l.methods.semi import TeacherStudentMethod, TeacherStudentOptions, check_unlabelled
 
 
 def pixel_adjustment_weight(p: torch.Tensor, offset: float = 1.3, mean: float = 0.5, std: float = 0.1) -> torch.Tensor:
@@ -68,29 +69,39 @@ def match_candidates(teacher_mask: torch.Tensor, candidates: torch.Tensor, valid
     return torch.where(matched.view(-1, 1, 1, 1), target.float(), torch.zeros_like(target, dtype=torch.float32)), matched
 
 
+@dataclass
+class SemiRESOptions(TeacherStudentOptions):
+    ema_momentum: float = 0.9996
+    """SemiRES's teacher EMA (after the burn-in initialises it)."""
+    burn_in: float = 0.2
+    """Fraction of the steps trained on D_l alone; then teacher <- student."""
+    match: str = "iom"
+    """iom (best candidate by IoU) | cpi (union of the candidates that are parts or covers)."""
+    iou_match: float = 0.5
+    """IOM: teacher-mask / candidate IoU above which the candidate becomes the label."""
+    cpi_overlap: float = 0.7
+    """CPI: |S n P| / |P| or |S n P| / |S| above which a candidate S joins the label."""
+    pwa_offset: float = 1.3
+    """Pixel-Wise Adjustment: weight = offset - N(p; mean, std)."""
+    pwa_mean: float = 0.5
+    """Mean of PWA's Gaussian."""
+    pwa_std: float = 0.1
+    """Std of PWA's Gaussian."""
+
+
 class SemiRESMethod(TeacherStudentMethod):
     """Label = the matched class-agnostic candidate (IOM or CPI), else the teacher's map with PWA weights."""
 
     name: ClassVar[str] = "semires"
     needs_candidates: ClassVar[bool] = True
     teacher_warmup: ClassVar[bool] = False
-    defaults: ClassVar[dict[str, Any]] = {
-        **TeacherStudentMethod.defaults,
-        "ema_momentum": 0.9996,  # SemiRES's teacher EMA (after the burn-in initialises it)
-        "burn_in": 0.2,  # fraction of the steps trained on D_l alone; then teacher <- student
-        "match": "iom",  # iom (best candidate by IoU) | cpi (union of the candidates that are parts or covers)
-        "iou_match": 0.5,  # IOM: teacher-mask / candidate IoU above which the candidate becomes the label
-        "cpi_overlap": 0.7,  # CPI: |S n P| / |P| or |S n P| / |S| above which a candidate S joins the label
-        "pwa_offset": 1.3,  # Pixel-Wise Adjustment: weight = offset - N(p; mean, std)
-        "pwa_mean": 0.5,
-        "pwa_std": 0.1,
-    }
+    Options: ClassVar[type] = SemiRESOptions
 
     def __init__(self, model: Any, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
         super().__init__(model, cfg, total_steps, bank)
-        if self.cfg["match"] not in ("iom", "cpi"):
-            raise ConfigError(f"method.match={self.cfg['match']!r}: expected 'iom' or 'cpi'")
-        self.burn_steps = int(round(float(self.cfg["burn_in"]) * self.total_steps))
+        if self.opts.match not in ("iom", "cpi"):
+            raise ConfigError(f"method.match={self.opts.match!r}: expected 'iom' or 'cpi'")
+        self.burn_steps = int(round(self.opts.burn_in * self.total_steps))
         self.burned_in = self.burn_steps == 0
 
     def candidates(self, batch_u: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,12 +128,12 @@ class SemiRESMethod(TeacherStudentMethod):
         out_l, out_u = self.student_joined(batch_l, batch_u, self.views.strong(batch_u["pixel_values"]))
         loss, logs = self.supervised(out_l, batch_l)
         cand, valid = self.candidates(batch_u)
-        target, matched = match_candidates(p > 0.5, cand.to(p.device).float(), valid.to(p.device), self.cfg["match"],
-                                           float(self.cfg["iou_match"]), float(self.cfg["cpi_overlap"]))
+        target, matched = match_candidates(p > 0.5, cand.to(p.device).float(), valid.to(p.device), self.opts.match,
+                                           self.opts.iou_match, self.opts.cpi_overlap)
         m = matched.view(-1, 1, 1, 1)
         target = torch.where(m, target, p)
-        pwa = pixel_adjustment_weight(p, float(self.cfg["pwa_offset"]), float(self.cfg["pwa_mean"]),
-                                      float(self.cfg["pwa_std"]))
+        pwa = pixel_adjustment_weight(p, self.opts.pwa_offset, self.opts.pwa_mean,
+                                      self.opts.pwa_std)
         weight = torch.where(m, torch.ones_like(p), pwa)
         loss_u = self.unsup_loss(out_u["logits"], target, weight, batch_u)
         lam = self.lambda_u(step - self.burn_steps)

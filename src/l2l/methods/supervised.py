@@ -7,6 +7,7 @@ and the comparison isolates what the unlabelled data adds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
@@ -30,27 +31,35 @@ def model_uses_sesm(model: nn.Module) -> bool:
     return bool(getattr(getattr(inner, "config", None), "use_sesm", False))
 
 
+@dataclass
+class LossOptions:
+    """The loss weights every trained method shares."""
+
+    ce_weight: float = 1.0
+    """CE share of every CE+Dice term."""
+    dice_weight: float = 1.0
+    """Dice share of every CE+Dice term."""
+    lambda_g: float = 0.5
+    """Weight of L_guide on SESM's refined proposal (labelled part)."""
+
+
 class SupervisedMethod(Method):
     """`L = ce * CE + dice * Dice` on the labelled mask, plus `lambda_g * L_guide(refined, mask)` with SESM."""
 
     name: ClassVar[str] = "supervised"
     needs_unlabelled: ClassVar[bool] = False
     needs_proposals: ClassVar[bool] = False
-    # Every hyper-parameter this method reads, with its default; the config rejects other keys.
-    defaults: ClassVar[dict[str, Any]] = {"ce_weight": 1.0, "dice_weight": 1.0, "lambda_g": 0.5}
-
-    def __init__(self, model: nn.Module, cfg: dict[str, Any], total_steps: int, bank: Any = None) -> None:
-        super().__init__(model, {**self.defaults, **cfg}, total_steps, bank)
+    Options: ClassVar[type] = LossOptions
 
     def train_step(self, batch_l: dict, batch_u: dict | None, step: int) -> StepOutput:
-        ce_w, dice_w = float(self.cfg["ce_weight"]), float(self.cfg["dice_weight"])
+        ce_w, dice_w = self.opts.ce_weight, self.opts.dice_weight
         out = forward_model(self.model, batch_l, use_proposals=model_uses_sesm(self.model))
         target = batch_l["mask"]
         loss_sup = ce_dice(out["logits"], target, ce_weight=ce_w, dice_weight=dice_w)
         logs = {"loss_sup": float(loss_sup.detach())}
         loss = loss_sup
         refined = out.get("refined")
-        lambda_g = float(self.cfg["lambda_g"])
+        lambda_g = self.opts.lambda_g
         if refined is not None and lambda_g > 0 and batch_l.get("has_proposal") is not None:
             # Only samples that actually received a proposal have a meaningful refined map.
             has = batch_l["has_proposal"].to(refined.device).float().view(-1, 1, 1, 1)

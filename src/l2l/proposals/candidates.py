@@ -25,6 +25,7 @@ from l2l.priors import Prior
 from l2l.proposals.bank import ProposalBank, prior_key
 from l2l.proposals.methods import make_proposal
 from l2l.utils.io import atomic_write_json, file_lock
+from l2l.proposals.prepare import data_cache_dir
 
 
 class CandidateBank:
@@ -61,7 +62,7 @@ def prepare_candidates(root: str | os.PathLike, data_id: str | DataId, size: int
     data_id = data_id if isinstance(data_id, DataId) else DataId.parse(str(data_id))
     dataset = RESDataset(root, data_id)
     source = "sam" if sam_checkpoint else "grabcut"
-    where = Path(cache_dir) / f"{data_id.dataset}_{data_id.split_by}_{data_id.split}" / f"candidates-{source}-s{size}"
+    where = data_cache_dir(cache_dir, data_id) / f"candidates-{source}-s{size}"
     with file_lock(where.with_name(where.name + ".lock")):  # a second builder waits, then finds the masks done
         return _build_candidates(root, data_id, dataset, where, size, source, sam_checkpoint, device, progress,
                                  save_every)

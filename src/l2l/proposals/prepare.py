@@ -8,13 +8,59 @@ Real MLLM providers are not run from here: they take hours on a GPU and belong t
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from l2l.data.dataset import DataId, RESDataset
 from l2l.data.refer import ReferData
 from l2l.errors import ConfigError
 from l2l.priors import Prior, load_priors
 from l2l.proposals.bank import ProposalBank, build_bank
+
+DEFAULT_CACHE = ".l2l_cache"  # the shared priors/proposal cache under the data root when data.cache_dir is empty
+
+
+def data_cache_dir(cache_dir: str | os.PathLike, data_id: DataId) -> Path:
+    """Where one data id's priors, proposal banks and candidate masks live inside a cache directory."""
+    return Path(cache_dir) / f"{data_id.dataset}_{data_id.split_by}_{data_id.split}"
+
+
+def shared_cache(root: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache every run on a data root shares: `cache_dir` when given, else `<root>/.l2l_cache`."""
+    return Path(cache_dir) if cache_dir else Path(root) / DEFAULT_CACHE
+
+
+@dataclass(frozen=True)
+class BankSpec:
+    """Everything that decides a proposal bank's content besides the data id: one spec for the trainer, the grid,
+    the demo and `l2l eval`, so a bank built by one is the bank the others open."""
+
+    root: str
+    method: str
+    size: int
+    priors: str | None = None
+    provider: str = "simulated"
+    seed: int = 0
+    sam_checkpoint: str | None = None
+
+    @classmethod
+    def from_data(cls, data: Any, size: int) -> BankSpec:
+        """From a `DataConfig` (anything with its fields) and the model's input side."""
+        return cls(root=str(data.root), method=data.proposal, size=int(size), priors=data.priors or None,
+                   provider=data.priors_provider, seed=int(data.priors_seed),
+                   sam_checkpoint=data.sam_checkpoint or None)
+
+    def prepare(self, data_id: DataId, cache_dir: str | os.PathLike, progress: bool = False,
+                device: str = "cpu") -> tuple[ProposalBank, dict[str, Prior]]:
+        """Build (once, cached) or open the bank of `data_id` in `cache_dir`; also returns the priors."""
+        return prepare_bank(self.root, data_id, self.method, self.size, cache_dir, priors=self.priors,
+                            provider=self.provider, seed=self.seed, progress=progress,
+                            sam_checkpoint=self.sam_checkpoint, device=device)
+
+    def path(self, data_id: DataId, cache_dir: str | os.PathLike) -> Path:
+        """The bank's directory (open a finished bank read-only with `ProposalBank.open`)."""
+        return data_cache_dir(cache_dir, data_id) / f"{self.method}-s{self.size}"
 
 
 def prepare_bank(root: str | os.PathLike, data_id: str | DataId, method: str, size: int,
@@ -28,7 +74,7 @@ def prepare_bank(root: str | os.PathLike, data_id: str | DataId, method: str, si
     The bank lives in `<cache_dir>/<dataset>_<split_by>_<split>/<method>-s<size>/`."""
     data_id = data_id if isinstance(data_id, DataId) else DataId.parse(str(data_id))
     dataset = RESDataset(root, data_id)
-    where = Path(cache_dir) / f"{data_id.dataset}_{data_id.split_by}_{data_id.split}"
+    where = data_cache_dir(cache_dir, data_id)
     if priors:
         table = load_priors(priors)
     elif provider == "simulated":

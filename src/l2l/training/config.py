@@ -3,10 +3,14 @@
 The resolved config is a plain nested dict (JSON/YAML-able, no pickles) with five sections:
 
 - `seed`: int, the one seed of the run (model init, data order, augmentation).
-- `data`: where the samples come from and which are labelled (see `DEFAULTS["data"]`).
+- `data`: the fields of `DataConfig` below.
 - `model`: the fields of `l2l.model.ModelConfig`.
-- `train`: the loop (see `DEFAULTS["train"]`).
-- `method`: `name` plus that method's hyper-parameters, checked against the method's `defaults`.
+- `train`: the fields of `TrainConfig` below.
+- `method`: `name` plus that method's hyper-parameters, the fields of its `Options` dataclass.
+
+Each section is declared once, as a dataclass with a default and a one-line doc per field; the dict form is what
+run directories store (`config.yaml`) and compare on resume, and consumers read the typed objects
+(`TrainConfig(**cfg["train"])`, `method.opts`).
 
 An override's value is parsed with `yaml.safe_load` and must have the default's type (an int is accepted
 where a float is expected; a string field takes the text as written). An unknown key is a `ConfigError`
@@ -18,6 +22,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,53 +33,103 @@ from l2l.methods import get_method_class
 from l2l.model.config import ModelConfig
 from l2l.utils.io import atomic_write_text
 
+@dataclass
+class DataConfig:
+    """Where the samples come from, which are labelled, and how their priors become proposals."""
+
+    root: str = ""
+    """Data root holding <dataset>/refs(<split_by>).p; `l2l train --root` sets it."""
+    dataset: str = "shaperefs"
+    """refcoco | refcoco+ | refcocog | shaperefs (any folder in the refer layout)."""
+    split_by: str = "unc"
+    """Which refs file: refs(<split_by>).p (unc, umd, google)."""
+    train_split: str = "train"
+    """Split the labelled and unlabelled samples come from."""
+    val_split: str = "val"
+    """Split that picks `best/`."""
+    split_file: str = ""
+    """Label-ratio split JSON (`l2l data split`); empty = make one from ratio + split_seed."""
+    ratio: float = 1.0
+    """Share of training images that are labelled (when no split_file)."""
+    split_seed: int = 0
+    """Seed of the label-ratio split."""
+    priors: str = ""
+    """Priors JSONL covering train, val (and the splits `l2l bench` scores); empty = run `priors_provider`."""
+    priors_provider: str = "simulated"
+    """Provider used when `priors` is empty (synthetic data only)."""
+    priors_seed: int = 0
+    """Seed of the simulated MLLM (fixed across training seeds, like a real MLLM)."""
+    proposal: str = "gaussian"
+    """Soft proposal method: box | gaussian | grabcut | sam | none (no priors)."""
+    cache_dir: str = ""
+    """Shared priors/proposal cache (empty = <root>/.l2l_cache); evolving runs copy theirs."""
+    sam_checkpoint: str = ""
+    """Local SAM checkpoint directory (proposal: sam; SemiRES's candidate masks)."""
+    max_val_samples: int = 0
+    """Evaluate on the first N validation samples (0 = all)."""
+    uninformative_confidence: bool = False
+    """Robustness check: every prior's confidence set to 0.5 for training."""
+
+
+@dataclass
+class TrainConfig:
+    """The loop: schedule, optimiser, precision, validation, logging and checkpoints."""
+
+    epochs: int = 10
+    """Passes over the labelled images; 0 = as many as `max_steps` needs."""
+    batch_size: int = 8
+    """Labelled samples per step and process."""
+    unlabelled_batch_size: int = 8
+    """Unlabelled samples per step and process (methods that use them)."""
+    eval_batch_size: int = 16
+    """Samples per validation batch."""
+    lr: float = 1e-3
+    """AdamW learning rate at step 0."""
+    backbone_lr_mult: float = 1.0
+    """The visual encoder's learning rate is lr x this (pretrained weights move less)."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay."""
+    poly_power: float = 0.9
+    """lr = lr0 * (1 - step / total_steps) ** poly_power."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    grad_clip: float = 0.0
+    """Max gradient norm (0 = off)."""
+    ema_momentum: float = 0.99
+    """Every trained method is validated, saved and scored as this EMA of its student (0 = the student)."""
+    bf16: bool = False
+    """bf16 autocast; on CUDA it helps, on CPU only where measured faster."""
+    num_workers: int = 0
+    """DataLoader workers per process."""
+    threads: int = 0
+    """Intra-op CPU threads per process; 0 = the cores free when the run starts (load average)."""
+    weak_flip: bool = True
+    """Random horizontal flip with left/right word swap on training batches."""
+    val_every: int = 1
+    """Validate every N epochs (0 = only at `val_every_steps` and after the last step)."""
+    val_every_steps: int = 0
+    """Also validate at the first epoch end after every N optimizer steps (0 = off)."""
+    validate_at_start: bool = False
+    """Validate the untrained network too, so best/ may be the starting point."""
+    log_every: int = 10
+    """Optimizer steps between metrics.jsonl / TensorBoard entries."""
+    checkpoint_every: int = 50
+    """Optimizer steps between resume checkpoints (also at every epoch end)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps in total (0 = epochs decide)."""
+    stop_after_steps: int = 0
+    """Test hook: simulate a kill after N optimizer steps of this process (0 = off)."""
+    select_metric: str = "mIoU"
+    """Validation metric that picks RUN_DIR/best (mIoU | oIoU)."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+
+
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "data": {
-        "root": "",  # data root holding <dataset>/refs(<split_by>).p; `l2l train --root` sets it
-        "dataset": "shaperefs",
-        "split_by": "unc",
-        "train_split": "train",
-        "val_split": "val",
-        "split_file": "",  # label-ratio split JSON; empty = make one from ratio + split_seed
-        "ratio": 1.0,  # share of training images that are labelled (when no split_file)
-        "split_seed": 0,
-        "priors": "",  # priors JSONL covering train, val (and the splits `l2l bench` scores); empty = run `priors_provider`
-        "priors_provider": "simulated",  # provider used when `priors` is empty (synthetic data only)
-        "priors_seed": 0,  # seed of the simulated MLLM (fixed across training seeds, like a real MLLM)
-        "proposal": "gaussian",  # soft proposal method: box | gaussian | grabcut | sam | none (no priors)
-        "cache_dir": "",  # shared priors/proposal cache (empty = <root>/.l2l_cache); evolving runs copy theirs
-        "sam_checkpoint": "",  # local SAM checkpoint directory (proposal: sam)
-        "max_val_samples": 0,  # evaluate on the first N validation samples (0 = all)
-        "uninformative_confidence": False,  # robustness check: every prior's confidence set to 0.5 for training
-    },
+    "data": asdict(DataConfig()),
     "model": ModelConfig().to_dict(),
-    "train": {
-        "epochs": 10,
-        "batch_size": 8,  # labelled samples per step and process
-        "unlabelled_batch_size": 8,  # unlabelled samples per step and process (methods that use them)
-        "eval_batch_size": 16,
-        "lr": 1e-3,
-        "backbone_lr_mult": 1.0,  # the visual encoder's learning rate is lr x this (pretrained weights move less)
-        "weight_decay": 1e-2,
-        "poly_power": 0.9,  # lr = lr0 * (1 - step / total_steps) ** poly_power
-        "grad_accum": 1,  # micro-batches per optimizer step
-        "grad_clip": 0.0,  # max gradient norm (0 = off)
-        "ema_momentum": 0.99,  # every trained method is validated, saved and scored as this EMA of its student (0 = the student)
-        "bf16": False,  # bf16 autocast; on CUDA it helps, on CPU only where measured faster
-        "num_workers": 0,  # DataLoader workers per process
-        "threads": 0,  # intra-op CPU threads per process; 0 = the cores free when the run starts (load average)
-        "weak_flip": True,  # random horizontal flip with left/right word swap on training batches
-        "val_every": 1,  # validate every N epochs (and always after the last)
-        "val_every_steps": 0,  # also validate at the first epoch end after every N optimizer steps (0 = off)
-        "validate_at_start": False,  # validate the untrained network too, so best/ may be the starting point
-        "log_every": 10,  # optimizer steps between metrics.jsonl / TensorBoard entries
-        "checkpoint_every": 50,  # optimizer steps between resume checkpoints (also at every epoch end)
-        "max_steps": 0,  # stop after this many optimizer steps in total (0 = epochs decide)
-        "stop_after_steps": 0,  # test hook: simulate a kill after N optimizer steps of this process (0 = off)
-        "select_metric": "mIoU",  # validation metric that picks RUN_DIR/best
-        "device": "auto",  # auto | cpu | cuda
-    },
+    "train": asdict(TrainConfig()),
     "method": {"name": "supervised"},
 }
 
@@ -196,11 +251,9 @@ def _resolve_method(cfg: dict[str, Any], source: str) -> None:
     cls = get_method_class(name)
     # Methods that are defined by a model change (l2l_no_sesm: no prior input) set it here, so the written
     # config says what was really built.
-    for key, value in getattr(cls, "model_overrides", {}).items():
+    for key, value in cls.model_overrides.items():
         cfg["model"][key] = value
-    defaults = getattr(cls, "defaults", None)
-    if defaults is None:
-        return
+    defaults = cls.defaults
     resolved: dict[str, Any] = {"name": name}
     for key, value in section.items():
         if key == "name":
@@ -235,12 +288,14 @@ def _validate(cfg: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: data.max_val_samples={cfg['data']['max_val_samples']} must not be negative "
                           "(0 = the whole validation split)")
     train = cfg["train"]
-    for key in ("epochs", "batch_size", "unlabelled_batch_size", "eval_batch_size", "grad_accum", "val_every", "log_every", "checkpoint_every"):
+    for key in ("batch_size", "unlabelled_batch_size", "eval_batch_size", "grad_accum", "log_every", "checkpoint_every"):
         if train[key] < 1:
             raise ConfigError(f"{source}: train.{key}={train[key]} must be at least 1")
-    for key in ("max_steps", "stop_after_steps", "num_workers", "threads", "val_every_steps"):
+    for key in ("epochs", "val_every", "max_steps", "stop_after_steps", "num_workers", "threads", "val_every_steps"):
         if train[key] < 0:
             raise ConfigError(f"{source}: train.{key}={train[key]} must not be negative")
+    if train["epochs"] == 0 and train["max_steps"] == 0:
+        raise ConfigError(f"{source}: train.epochs=0 lets max_steps decide the schedule, but train.max_steps is 0 too")
     if train["lr"] <= 0:
         raise ConfigError(f"{source}: train.lr={train['lr']} must be positive")
     if train["device"] not in ("auto", "cpu", "cuda"):

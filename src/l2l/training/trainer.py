@@ -49,7 +49,7 @@ from l2l.model import ModelConfig, RESModel
 from l2l.training.batching import Collator, EpochSampler, SeededItems, move_batch
 from l2l.training.distributed import DistEnv, all_reduce_grads, average_buffers, rng_state, set_rng_state
 from l2l.training.rundir import save_model_dir, truncate_metrics
-from l2l.training.config import resolve_config, save_config
+from l2l.training.config import DataConfig, TrainConfig, resolve_config, save_config
 from l2l.utils.io import atomic_write, atomic_write_json, make_dir
 from l2l.utils.seed import seed_everything
 from l2l.utils.threads import free_cores
@@ -72,10 +72,11 @@ class Trainer:
     def __init__(self, cfg: dict[str, Any], run_dir: str | Path) -> None:
         self.cfg = cfg = resolve_config(cfg)  # idempotent on a loaded config; fills and checks a partial dict
         self.run_dir = Path(run_dir)
-        self.tcfg = cfg["train"]
-        self.env = DistEnv.setup(self.tcfg["device"])
+        self.tcfg = TrainConfig(**cfg["train"])
+        self.dcfg = DataConfig(**cfg["data"])
+        self.env = DistEnv.setup(self.tcfg.device)
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", self.env.world_size))
-        threads = self.tcfg["threads"] or (max(1, free_cores() // local_ranks) if self.env.device.type == "cpu" else 0)
+        threads = self.tcfg.threads or (max(1, free_cores() // local_ranks) if self.env.device.type == "cpu" else 0)
         if threads:
             torch.set_num_threads(threads)
         if self.env.is_main:
@@ -100,7 +101,7 @@ class Trainer:
         # momentum is the method's own choice), so no method's number carries an averaging effect the others lack.
         self.average: EMATeacher | None = None
         if self.method.eval_model() is None:
-            self.average = EMATeacher(self.model, float(self.tcfg["ema_momentum"]))
+            self.average = EMATeacher(self.model, self.tcfg.ema_momentum)
         self.step = 0
         self.epoch = 0
         self.micro_done = 0  # micro-batches consumed in the current epoch
@@ -113,42 +114,46 @@ class Trainer:
 
     # ------------------------------------------------------------------ building
     def _build_data(self) -> None:
-        d, tr, env = self.cfg["data"], self.tcfg, self.env
-        if not d["root"]:
+        d, tr, env = self.dcfg, self.tcfg, self.env
+        if not d.root:
             raise ConfigError("data.root is empty: pass --root DATA_ROOT or set data.root")
-        train_id = DataId.parse(f"{d['dataset']}/{d['split_by']}/{d['train_split']}")
-        self.val_id = DataId.parse(f"{d['dataset']}/{d['split_by']}/{d['val_split']}")
-        split_file = Path(d["split_file"]) if d["split_file"] else self.run_dir / "split.json"
-        if not d["split_file"]:
+        train_id = DataId.parse(f"{d.dataset}/{d.split_by}/{d.train_split}")
+        self.val_id = DataId.parse(f"{d.dataset}/{d.split_by}/{d.val_split}")
+        split_file = Path(d.split_file) if d.split_file else self.run_dir / "split.json"
+        if not d.split_file:
             if env.is_main:
-                refer = ReferData(d["root"], d["dataset"], d["split_by"])
-                atomic_write_json(split_file, make_split(refer, d["ratio"], d["split_seed"], split=d["train_split"]))
+                refer = ReferData(d.root, d.dataset, d.split_by)
+                atomic_write_json(split_file, make_split(refer, d.ratio, d.split_seed, split=d.train_split))
             env.barrier()
         self.train_id = train_id
-        self.labelled = RESDataset(d["root"], train_id, split_file, "labelled")
-        self.label_ratio = float((self.labelled.split_info or {}).get("ratio", d["ratio"]))
+        self.labelled = RESDataset(d.root, train_id, split_file, "labelled")
+        self.label_ratio = float((self.labelled.split_info or {}).get("ratio", d.ratio))
         self.unlabelled: RESDataset | None = None
         if self.method_cls.needs_unlabelled:
-            self.unlabelled = RESDataset(d["root"], train_id, split_file, "unlabelled")
+            self.unlabelled = RESDataset(d.root, train_id, split_file, "unlabelled")
             if len(self.unlabelled) == 0:
-                raise ConfigError(f"method {self.method_cls.name!r} needs unlabelled data but data.ratio={d['ratio']} labels every image")
-        val_full = RESDataset(d["root"], self.val_id)
-        n_val = d["max_val_samples"]
+                raise ConfigError(f"method {self.method_cls.name!r} needs unlabelled data but data.ratio={d.ratio} labels every image")
+        val_full = RESDataset(d.root, self.val_id)
+        n_val = d.max_val_samples
         self.val: Dataset = Subset(val_full, range(min(n_val, len(val_full)))) if n_val else val_full
         self.val_full = val_full
 
         seed = int(self.cfg["seed"])
         self.sampler_l = EpochSampler(len(self.labelled), seed, True, env.rank, env.world_size, salt=1)
-        bs = tr["batch_size"]
+        bs = tr.batch_size
         self.drop_last = self.sampler_l.per_rank >= bs
         self.micro_per_epoch = self.sampler_l.per_rank // bs if self.drop_last else 1
-        self.steps_per_epoch = math.ceil(self.micro_per_epoch / tr["grad_accum"])
-        total = tr["epochs"] * self.steps_per_epoch
-        self.total_steps = min(total, tr["max_steps"]) if tr["max_steps"] else total
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / tr.grad_accum)
+        if tr.epochs:
+            total = tr.epochs * self.steps_per_epoch
+            self.total_steps = min(total, tr.max_steps) if tr.max_steps else total
+        else:  # max_steps decides; an "epoch" is still one pass over the labelled images
+            self.total_steps = tr.max_steps
+        self.epochs = tr.epochs or math.ceil(self.total_steps / self.steps_per_epoch)
         self.sampler_u: EpochSampler | None = None
         if self.unlabelled is not None:
             self.sampler_u = EpochSampler(len(self.unlabelled), seed, True, env.rank, env.world_size, salt=2)
-            ubs = tr["unlabelled_batch_size"]
+            ubs = tr.unlabelled_batch_size
             self.u_drop_last = self.sampler_u.per_rank >= ubs
             self.u_micro_per_epoch = self.sampler_u.per_rank // ubs if self.u_drop_last else 1
 
@@ -160,7 +165,7 @@ class Trainer:
         `<root>/.l2l_cache`), computed once; a method that rewrites its training bank (self-evolution) works on
         its own copy in `RUN_DIR/cache/`, made once, so a resumed run continues from its evolved labels.
         """
-        d = self.cfg["data"]
+        d = self.dcfg
         self.priors: dict[str, Any] | None = None
         self.train_bank = self.val_bank = self.input_bank = None
         self.candidates = None
@@ -170,49 +175,48 @@ class Trainer:
             for rank_turn in (True, False):
                 if self.env.is_main == rank_turn:
                     self.candidates = prepare_candidates(
-                        d["root"], self.train_id, self.model_config.image_size, self._shared_cache(),
-                        sam_checkpoint=d["sam_checkpoint"] or None, device=str(self.env.device),
+                        d.root, self.train_id, self.model_config.image_size, self._shared_cache(),
+                        sam_checkpoint=d.sam_checkpoint or None, device=str(self.env.device),
                         progress=self.env.is_main and sys.stderr.isatty())
                 if rank_turn:
                     self.env.barrier()
-        wanted = self.method_cls.needs_proposals or (self.model_config.use_sesm and d["proposal"] != "none")
-        if not wanted:
+        if not self.method_cls.takes_proposals(self.model_config.use_sesm) or (
+                d.proposal == "none" and not self.method_cls.needs_proposals):
             return
-        if d["proposal"] == "none":
+        if d.proposal == "none":
             raise ConfigError(f"method {self.method_cls.name!r} needs proposals but data.proposal=none")
-        from l2l.proposals import prepare_bank
+        from l2l.proposals import BankSpec, data_cache_dir
 
         shared = self._shared_cache()
-        kwargs = dict(
-            method=d["proposal"], size=self.model_config.image_size, priors=d["priors"] or None,
-            provider=d["priors_provider"], seed=d["priors_seed"], progress=self.env.is_main and sys.stderr.isatty(),
-            sam_checkpoint=d["sam_checkpoint"] or None, device=str(self.env.device),
-        )
+        spec = BankSpec.from_data(d, self.model_config.image_size)
+        build = dict(progress=self.env.is_main and sys.stderr.isatty(), device=str(self.env.device))
         own = self.run_dir / "cache"
-        evolves = bool(getattr(self.method_cls, "evolve", False))
+        evolves = self.method_cls.evolves
         for rank_turn in (True, False):  # rank 0 computes first, the others then open the finished files
             if self.env.is_main == rank_turn:
-                self.train_bank, train_priors = prepare_bank(d["root"], self.train_id, cache_dir=shared, **kwargs)
+                self.train_bank, train_priors = spec.prepare(self.train_id, shared, **build)
                 # The network's input stays the MLLM's proposal (what it gets at test time); an evolving method
                 # rewrites its own copy, which feeds its candidate labels (`label_proposal` in the batch).
                 self.input_bank = self.train_bank
                 if evolves:
-                    name = f"{self.train_id.dataset}_{self.train_id.split_by}_{self.train_id.split}"
-                    if self.env.is_main and not (own / name).is_dir():
-                        shutil.copytree(shared / name, own / f".{name}.tmp", dirs_exist_ok=True)
-                        os.replace(own / f".{name}.tmp", own / name)
-                    self.train_bank, train_priors = prepare_bank(d["root"], self.train_id, cache_dir=own, **kwargs)
-                self.val_bank, val_priors = prepare_bank(d["root"], self.val_id, cache_dir=shared, **kwargs)
+                    src, dst = data_cache_dir(shared, self.train_id), data_cache_dir(own, self.train_id)
+                    if self.env.is_main and not dst.is_dir():
+                        tmp = dst.with_name(f".{dst.name}.tmp")
+                        shutil.copytree(src, tmp, dirs_exist_ok=True)
+                        os.replace(tmp, dst)
+                    self.train_bank, train_priors = spec.prepare(self.train_id, own, **build)
+                self.val_bank, val_priors = spec.prepare(self.val_id, shared, **build)
                 self.priors = {**train_priors, **val_priors}
-                if d["uninformative_confidence"]:  # what RPLE may learn from the MLLM's confidence, removed
+                if d.uninformative_confidence:  # what RPLE may learn from the MLLM's confidence, removed
                     self.priors = {k: dataclasses.replace(v, confidence=0.5) if v.box is not None else v
                                    for k, v in self.priors.items()}
             if rank_turn:
                 self.env.barrier()
 
     def _shared_cache(self) -> Path:
-        d = self.cfg["data"]
-        return Path(d["cache_dir"]) if d["cache_dir"] else Path(d["root"]) / ".l2l_cache"
+        from l2l.proposals import shared_cache
+
+        return shared_cache(self.dcfg.root, self.dcfg.cache_dir)
 
     def _build_optimizer(self) -> None:
         """AdamW without weight decay on norms and biases (1-d tensors), the visual encoder at
@@ -227,12 +231,12 @@ class Trainer:
         self.params = [p for ps in groups.values() for p in ps]
         # The fused kernel updates all tensors in one pass: ~10x faster than the per-tensor loop on CPU.
         self.optimizer = torch.optim.AdamW(
-            [{"params": ps, "weight_decay": 0.0 if no_decay else tr["weight_decay"],
-              "lr": tr["lr"] * (float(tr["backbone_lr_mult"]) if is_vision else 1.0)}
+            [{"params": ps, "weight_decay": 0.0 if no_decay else tr.weight_decay,
+              "lr": tr.lr * (float(tr.backbone_lr_mult) if is_vision else 1.0)}
              for (is_vision, no_decay), ps in sorted(groups.items())],
-            lr=tr["lr"], fused=all(p.is_floating_point() for p in self.params),
+            lr=tr.lr, fused=all(p.is_floating_point() for p in self.params),
         )
-        total, power = self.total_steps, tr["poly_power"]
+        total, power = self.total_steps, tr.poly_power
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: max(0.0, 1.0 - s / total) ** power
         )
@@ -243,7 +247,7 @@ class Trainer:
         g = torch.Generator().manual_seed(int(self.cfg["seed"]) * 7919 + sampler.epoch)
         return DataLoader(
             SeededItems(dataset), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-            num_workers=self.tcfg["num_workers"], generator=g,
+            num_workers=self.tcfg.num_workers, generator=g,
             collate_fn=Collator(self.processor, bank=self.input_bank, priors=self.priors, flip=flip,
                                 label_bank=self.train_bank if self.train_bank is not self.input_bank else None,
                                 candidates=candidates),
@@ -254,11 +258,11 @@ class Trainer:
         """Unlabelled batches forever, starting at global micro-batch `start_micro` (its own epochs, its own order)."""
         assert self.unlabelled is not None and self.sampler_u is not None
         u_epoch, pos = divmod(start_micro, self.u_micro_per_epoch)
-        ubs = self.tcfg["unlabelled_batch_size"]
+        ubs = self.tcfg.unlabelled_batch_size
         while True:
             self.sampler_u.set_epoch(u_epoch)
             self.sampler_u.set_start(pos * ubs)
-            yield from self._loader(self.unlabelled, self.sampler_u, ubs, self.u_drop_last, self.tcfg["weak_flip"],
+            yield from self._loader(self.unlabelled, self.sampler_u, ubs, self.u_drop_last, self.tcfg.weak_flip,
                                     self.candidates)
             u_epoch, pos = u_epoch + 1, 0
 
@@ -369,23 +373,23 @@ class Trainer:
     def validate(self) -> dict[str, Any]:
         """Metrics on the validation set: prior-free, and with priors when the model uses SESM and there is a bank."""
         net = self.eval_network()
-        amp = torch.bfloat16 if self.tcfg["bf16"] else None
+        amp = torch.bfloat16 if self.tcfg.bf16 else None
         progress = self.env.is_main and sys.stderr.isatty()
         result: dict[str, Any] = {}
         modes = ["prior_free"]
-        takes_priors = self.model_config.use_sesm or getattr(self.method_cls, "uses_proposals_at_eval", False)
+        takes_priors = self.model_config.use_sesm or self.method_cls.uses_proposals_at_eval
         if takes_priors and self.val_bank is not None:
             modes.insert(0, "prior")
         for mode in modes:
             result[mode] = evaluate(
                 net, self.val, self.processor, bank=self.val_bank, use_priors=mode == "prior",
-                batch_size=self.tcfg["eval_batch_size"], progress=progress, amp_dtype=amp,
+                batch_size=self.tcfg.eval_batch_size, progress=progress, amp_dtype=amp,
             )
         result["main"] = modes[0]
         return result
 
     def _card(self, val: dict[str, Any]) -> dict[str, Any]:
-        d = self.cfg["data"]
+        d = self.dcfg
         return {
             "data": str(self.train_id),
             "val_data": str(self.val_id),
@@ -394,7 +398,7 @@ class Trainer:
             "seed": self.cfg["seed"],
             "epoch": self.epoch,
             "step": self.step,
-            "proposal": d["proposal"] if self.val_bank is not None else None,
+            "proposal": d.proposal if self.val_bank is not None else None,
             "metrics": {f"{mode}/{k}": v for mode in ("prior", "prior_free") for k, v in val.get(mode, {}).items()},
         }
 
@@ -402,7 +406,7 @@ class Trainer:
         self._sync_buffers()
         val = self.validate()
         self.last_val = val
-        score = float(val[val["main"]][self.tcfg["select_metric"]])
+        score = float(val[val["main"]][self.tcfg.select_metric])
         record: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
         for mode in ("prior", "prior_free"):
             for key, value in val.get(mode, {}).items():
@@ -427,7 +431,7 @@ class Trainer:
 
     def _epoch_context(self) -> dict[str, Any]:
         """What `Method.on_epoch_end` reads (docs/architecture.md): loaders over D_u and the labelled proxy set."""
-        ubs = self.tcfg["unlabelled_batch_size"]
+        ubs = self.tcfg.unlabelled_batch_size
         return {
             "device": self.env.device,
             "step": self.step,
@@ -438,12 +442,12 @@ class Trainer:
     def _hidden_scorer(self) -> Any:
         """On ShapeRefs only: scores the label bank against the hidden D_u masks (evaluation code; never handed to
         the method)."""
-        if self.unlabelled is None or self.cfg["data"]["dataset"] != "shaperefs" or self.train_bank is None:
+        if self.unlabelled is None or self.dcfg.dataset != "shaperefs" or self.train_bank is None:
             return None
         if not hasattr(self, "_hidden"):
             from l2l.evaluation.pseudo import hidden_label_scorer
 
-            self._hidden = hidden_label_scorer(self.cfg["data"]["root"], self.train_id, self.unlabelled.sample_ids())
+            self._hidden = hidden_label_scorer(self.dcfg.root, self.train_id, self.unlabelled.sample_ids())
         return self._hidden
 
     # ------------------------------------------------------------------ the loop
@@ -478,33 +482,33 @@ class Trainer:
 
     def _train_loop(self) -> bool:
         tr, env = self.tcfg, self.env
-        accum, bs = tr["grad_accum"], tr["batch_size"]
+        accum, bs = tr.grad_accum, tr.batch_size
         steps_this_run = 0
         u_stream = None
         if self.unlabelled is not None:
             u_stream = self._unlabelled_stream(self.epoch * self.micro_per_epoch + self.micro_done)
-        amp = tr["bf16"]
+        amp = tr.bf16
         running: dict[str, float] = {}
         seen: dict[str, float] = {}  # optimizer steps that logged each key (some logs come every other step)
         t0, images = time.perf_counter(), 0
         self.model.train()
-        if not getattr(self.method_cls, "needs_training", True):
+        if not self.method_cls.needs_training:
             # Nothing to learn (prior_only): score and save once, so its run directory looks like any other.
             if not self.last_val:
                 self._validate_and_save()
-                self.epoch = tr["epochs"]
+                self.epoch = self.epochs
                 self.save_checkpoint()
             return False
-        if tr["validate_at_start"] and self.step == 0 and not self.last_val:
+        if tr.validate_at_start and self.step == 0 and not self.last_val:
             # the starting point is a candidate for best/: with priors, a do-no-harm network starts as prior_only
             self._validate_and_save()
             self.save_checkpoint()
         # `epoch_done`: resumed between an epoch's last batch and the end of its end-of-epoch work
-        while (self.epoch < tr["epochs"] and self.step < self.total_steps) or self.epoch_done:
+        while (self.epoch < self.epochs and self.step < self.total_steps) or self.epoch_done:
             epoch_start_step = self.step - self.micro_done // accum
             self.sampler_l.set_epoch(self.epoch)
             self.sampler_l.set_start(self.micro_done * bs)
-            loader = self._loader(self.labelled, self.sampler_l, bs, self.drop_last, tr["weak_flip"])
+            loader = self._loader(self.labelled, self.sampler_l, bs, self.drop_last, tr.weak_flip)
             bar = None
             if env.is_main and sys.stderr.isatty():
                 from tqdm import tqdm
@@ -532,8 +536,8 @@ class Trainer:
                 if self.micro_done - group_start < group_size:
                     continue
                 self._all_reduce_grads()
-                if tr["grad_clip"] > 0:
-                    torch.nn.utils.clip_grad_norm_(self.params, tr["grad_clip"])
+                if tr.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.params, tr.grad_clip)
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
                 self.scheduler.step()
@@ -543,7 +547,7 @@ class Trainer:
                     self.average.update(self.model, self.step)
                 self.step += 1
                 steps_this_run += 1
-                if self.step % tr["log_every"] == 0:
+                if self.step % tr.log_every == 0:
                     dt = time.perf_counter() - t0
                     rec = {"step": self.step, "epoch": self.epoch, "lr": lr}
                     rec.update({f"train/{k}": v / max(seen.get(k, 0.0), 1e-9) for k, v in running.items()})
@@ -552,13 +556,13 @@ class Trainer:
                     if bar is not None:
                         bar.set_postfix(loss=f"{rec.get('train/loss', float('nan')):.3f}")
                     elif env.is_main:  # no TTY (logs, CI, a worker process): one line per log interval instead
-                        eta = (self.total_steps - self.step) * dt / tr["log_every"]
+                        eta = (self.total_steps - self.step) * dt / tr.log_every
                         print(f"  step {self.step}/{self.total_steps}  loss {rec.get('train/loss', float('nan')):.3f}  "
                               f"{rec['train/images_per_s']:.1f} img/s  eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
                     running, seen, t0, images = {}, {}, time.perf_counter(), 0
-                if self.step % tr["checkpoint_every"] == 0 and self.micro_done < self.micro_per_epoch:
+                if self.step % tr.checkpoint_every == 0 and self.micro_done < self.micro_per_epoch:
                     self.save_checkpoint()
-                if tr["stop_after_steps"] and steps_this_run >= tr["stop_after_steps"]:
+                if tr.stop_after_steps and steps_this_run >= tr.stop_after_steps:
                     if bar is not None:
                         bar.close()
                     return True
@@ -567,7 +571,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.epoch_done = True
-            finished = self.step >= self.total_steps or self.epoch + 1 >= tr["epochs"]
+            finished = self.step >= self.total_steps or self.epoch + 1 >= self.epochs
             context = self._epoch_context()
             scorer = self._hidden_scorer() if env.is_main and self.method.evolves_at(self.step) else None
             if scorer is not None and not self.hidden_score:  # the MLLM's proposals, before any round
@@ -579,8 +583,8 @@ class Trainer:
                 epoch_logs.update({f"evolve/hidden_{k}": v for k, v in self.hidden_score.items()})
             if epoch_logs:
                 self._log({"step": self.step, "epoch": self.epoch, **{f"method/{k}": v for k, v in epoch_logs.items()}})
-            every = tr["val_every_steps"]
-            validate = (finished or (self.epoch + 1) % tr["val_every"] == 0
+            every = tr.val_every_steps
+            validate = (finished or (tr.val_every > 0 and (self.epoch + 1) % tr.val_every == 0)
                         or (every > 0 and self.step // every > epoch_start_step // every))
             if epoch_logs or validate:
                 # the rewritten bank and the state that knows of the round become durable together, and a crash in
