@@ -25,3 +25,21 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("shaperefs")
     generate(out, 40, seed=0, progress=False, workers=1)
     return out
+
+
+@pytest.fixture(scope="module")
+def refer_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hand-made refer-layout fixture (tests/refer_fixtures.py): a few images with edge cases, no generator."""
+    from refer_fixtures import make_refer
+
+    return make_refer(tmp_path_factory.mktemp("refer"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny random network at 64 px (eval and predict tests)."""
+    from l2l.model import ModelConfig, RESModel
+
+    torch.manual_seed(0)
+    model = RESModel(ModelConfig(vision="tiny", text="tiny", image_size=64, dim=16, decoder_dim=16))
+    return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model")

@@ -18,14 +18,9 @@ from refer_fixtures import IMAGES, make_refer
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_refer(tmp_path_factory.mktemp("refer"))
-
-
-@pytest.fixture(scope="module")
-def split_file(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def split_file(refer_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("splits") / "half.json"
-    assert main(["data", "split", "--root", str(root), "--dataset", "refcoco", "--split-by", "unc",
+    assert main(["data", "split", "--root", str(refer_root), "--dataset", "refcoco", "--split-by", "unc",
                  "--ratio", "0.5", "--seed", "3", "--out", str(path)]) == 0
     return path
 
@@ -38,8 +33,8 @@ def test_data_id_parse() -> None:
             DataId.parse(bad)
 
 
-def test_all_subset_has_one_sample_per_sentence_with_masks(root: Path) -> None:
-    ds = RESDataset(root, "refcoco/unc/train")
+def test_all_subset_has_one_sample_per_sentence_with_masks(refer_root: Path) -> None:
+    ds = RESDataset(refer_root, "refcoco/unc/train")
     assert len(ds) == 4 * 3  # four train images, three sentences each
     s = ds.samples[0]
     assert isinstance(s, RefSample) and s.sample_id == f"{s.ref_id}:{s.sent_id}"
@@ -52,10 +47,10 @@ def test_all_subset_has_one_sample_per_sentence_with_masks(root: Path) -> None:
     assert s.box == (2.0, 2.0, 18.0, 20.0)
 
 
-def test_image_is_rgb_and_a_private_copy(root: Path) -> None:
+def test_image_is_rgb_and_a_private_copy(refer_root: Path) -> None:
     import cv2
 
-    ds = RESDataset(root, "refcoco/unc/val")
+    ds = RESDataset(refer_root, "refcoco/unc/val")
     bgr = cv2.imread(str(ds.samples[0].image_path))
     img = ds.image(0)
     np.testing.assert_array_equal(img, bgr[:, :, ::-1])
@@ -72,8 +67,8 @@ def test_missing_image_names_file_and_sample(tmp_path: Path) -> None:
         ds[0]
 
 
-def test_split_rule(root: Path) -> None:
-    refer = ReferData(root, "refcoco", "unc")
+def test_split_rule(refer_root: Path) -> None:
+    refer = ReferData(refer_root, "refcoco", "unc")
     train_images = {i for i, (_, _, sp) in IMAGES.items() if sp == "train"}
     a, b = make_split(refer, 0.5, seed=1), make_split(refer, 0.5, seed=1)
     assert a == b  # deterministic per seed
@@ -87,12 +82,12 @@ def test_split_rule(root: Path) -> None:
         make_split(refer, 0.0, seed=0)
 
 
-def test_labelled_and_unlabelled_partition_train(root: Path, split_file: Path) -> None:
+def test_labelled_and_unlabelled_partition_train(refer_root: Path, split_file: Path) -> None:
     info = load_split(split_file)
     assert info["ratio"] == 0.5 and info["seed"] == 3 and info["split"] == "train"
-    lab = RESDataset(root, "refcoco/unc/train", split_file, subset="labelled")
-    unl = RESDataset(root, "refcoco/unc/train", split_file, subset="unlabelled")
-    full = RESDataset(root, "refcoco/unc/train")
+    lab = RESDataset(refer_root, "refcoco/unc/train", split_file, subset="labelled")
+    unl = RESDataset(refer_root, "refcoco/unc/train", split_file, subset="unlabelled")
+    full = RESDataset(refer_root, "refcoco/unc/train")
     lab_ids, unl_ids = set(lab.sample_ids()), set(unl.sample_ids())
     assert lab_ids.isdisjoint(unl_ids) and lab_ids | unl_ids == set(full.sample_ids())
     assert {s.image_id for s in lab.samples} == set(info["labelled_image_ids"])
@@ -100,13 +95,13 @@ def test_labelled_and_unlabelled_partition_train(root: Path, split_file: Path) -
     assert "mask" in lab[0]
 
 
-def test_unlabelled_view_cannot_reach_masks(root: Path, split_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unlabelled_view_cannot_reach_masks(refer_root: Path, split_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(self, ref):  # any mask read from the unlabelled view would be a leak
         raise AssertionError("mask read from the unlabelled view")
 
     monkeypatch.setattr(ReferData, "ref_mask", boom)
     monkeypatch.setattr(ReferData, "ann_mask", boom)
-    unl = RESDataset(root, "refcoco/unc/train", split_file, subset="unlabelled")
+    unl = RESDataset(refer_root, "refcoco/unc/train", split_file, subset="unlabelled")
     assert not unl.has_masks
     for i in range(len(unl)):
         item = unl[i]
@@ -118,11 +113,11 @@ def test_unlabelled_view_cannot_reach_masks(root: Path, split_file: Path, monkey
     assert all(not isinstance(v, ReferData) for v in vars(unl).values())
 
 
-def test_split_file_checks(root: Path, split_file: Path, tmp_path: Path) -> None:
+def test_split_file_checks(refer_root: Path, split_file: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="needs a split file"):
-        RESDataset(root, "refcoco/unc/train", subset="labelled")
+        RESDataset(refer_root, "refcoco/unc/train", subset="labelled")
     with pytest.raises(DataError, match="not refcoco/unc/val"):
-        RESDataset(root, "refcoco/unc/val", split_file, subset="labelled")
+        RESDataset(refer_root, "refcoco/unc/val", split_file, subset="labelled")
     bad = tmp_path / "bad.json"
     data = json.loads(split_file.read_text())
     del data["labelled_image_ids"]
@@ -132,11 +127,11 @@ def test_split_file_checks(root: Path, split_file: Path, tmp_path: Path) -> None
     data["labelled_image_ids"] = [5]  # a val image
     bad.write_text(json.dumps(data))
     with pytest.raises(DataError, match="labelled image id 5"):
-        RESDataset(root, "refcoco/unc/train", bad, subset="unlabelled")
+        RESDataset(refer_root, "refcoco/unc/train", bad, subset="unlabelled")
     with pytest.raises(DataError, match="split file not found"):
         load_split(tmp_path / "nope.json")
 
 
-def test_unknown_split_is_a_data_error(root: Path) -> None:
+def test_unknown_split_is_a_data_error(refer_root: Path) -> None:
     with pytest.raises(DataError, match="no refs in split 'testB'"):
-        RESDataset(root, "refcoco/unc/testB")
+        RESDataset(refer_root, "refcoco/unc/testB")

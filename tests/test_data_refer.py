@@ -24,11 +24,6 @@ from refer_fixtures import (
 )
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_refer(tmp_path_factory.mktemp("refer"))
-
-
 def test_python2_pickle_with_latin1_bytes_loads(tmp_path: Path) -> None:
     obj = [{"sent": "caf\xe9 on the left", "ref_id": 7, "score": 0.5, "tokens": ["caf\xe9"], "none": None}]
     blob = py2_pickle_bytes(obj)
@@ -71,12 +66,12 @@ def test_malicious_refs_via_cli_exits_2_without_running(tmp_path: Path, capsys: 
     assert not sentinel.exists()
 
 
-def test_reader_attributes_and_paths(root: Path) -> None:
-    refer = ReferData(root, "refcoco", "unc")
+def test_reader_attributes_and_paths(refer_root: Path) -> None:
+    refer = ReferData(refer_root, "refcoco", "unc")
     assert refer.splits() == ["train", "val", "testA"]
     assert len(refer.refs) == 12 and len(refer.images) == 6 and len(refer.anns) == 12
     assert refer.cats == {1: "person", 2: "cat"}
-    assert refer.image_path(3) == root / "images/mscoco/images/train2014/COCO_train2014_000000000003.jpg"
+    assert refer.image_path(3) == refer_root / "images/mscoco/images/train2014/COCO_train2014_000000000003.jpg"
     assert refer.ref_box(refer.refs_by_id[10]) == [2.0, 2.0, 18.0, 20.0]
     assert refer.stats() == expected_stats()
 
@@ -88,8 +83,8 @@ def test_shaperefs_image_path(tmp_path: Path) -> None:
     refer.validate(check_images=True)
 
 
-def test_polygon_mask_is_union_of_parts(root: Path) -> None:
-    refer = ReferData(root, "refcoco", "unc")
+def test_polygon_mask_is_union_of_parts(refer_root: Path) -> None:
+    refer = ReferData(refer_root, "refcoco", "unc")
     mask = refer.ref_mask(refer.refs_by_id[30])  # image 3 (48x32), two disjoint squares
     assert mask.dtype == np.bool_ and mask.shape == (32, 48)
     assert mask[5, 5] and mask[17, 15]  # inside each part
@@ -99,69 +94,69 @@ def test_polygon_mask_is_union_of_parts(root: Path) -> None:
 
 
 @pytest.mark.parametrize("image_id", [1, 2])  # 1: compressed string counts, 2: uncompressed list counts
-def test_rle_masks_decode_exactly(root: Path, image_id: int) -> None:
-    refer = ReferData(root, "refcoco", "unc")
+def test_rle_masks_decode_exactly(refer_root: Path, image_id: int) -> None:
+    refer = ReferData(refer_root, "refcoco", "unc")
     mask = refer.ref_mask(refer.refs_by_id[image_id * 10 + 1])
     np.testing.assert_array_equal(mask, rle_mask(image_id))
 
 
-def test_stats_json_cli_matches_counts(root: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["data", "stats", "--root", str(root), "--dataset", "refcoco", "--split-by", "unc", "--json"])
+def test_stats_json_cli_matches_counts(refer_root: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["data", "stats", "--root", str(refer_root), "--dataset", "refcoco", "--split-by", "unc", "--json"])
     out = capsys.readouterr().out
     assert code == 0
     assert json.loads(out) == {"splits": expected_stats()}
 
 
-def test_stats_text_table(root: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["data", "stats", "--root", str(root), "--dataset", "refcoco", "--split-by", "unc"]) == 0
+def test_stats_text_table(refer_root: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "stats", "--root", str(refer_root), "--dataset", "refcoco", "--split-by", "unc"]) == 0
     out = capsys.readouterr().out
     assert "testA" in out and "sentences" in out
 
 
-def _break_missing_image(root: Path) -> tuple[str, str]:
+def _break_missing_image(refer_root: Path) -> tuple[str, str]:
     refs, inst = build_spec()
-    write_refer(root, refs, inst)
-    (root / "images/mscoco/images/train2014/COCO_train2014_000000000005.jpg").unlink()
+    write_refer(refer_root, refs, inst)
+    (refer_root / "images/mscoco/images/train2014/COCO_train2014_000000000005.jpg").unlink()
     return "COCO_train2014_000000000005.jpg", "image_id 5"
 
 
-def _break_ref_keys(root: Path) -> tuple[str, str]:
+def _break_ref_keys(refer_root: Path) -> tuple[str, str]:
     refs, inst = build_spec()
     del refs[3]["sentences"]
-    write_refer(root, refs, inst)
+    write_refer(refer_root, refs, inst)
     return "refs(unc).p", f"ref_id {refs[3]['ref_id']} is missing sentences"
 
 
-def _break_ref_ann(root: Path) -> tuple[str, str]:
+def _break_ref_ann(refer_root: Path) -> tuple[str, str]:
     refs, inst = build_spec()
     refs[2]["ann_id"] = 999
-    write_refer(root, refs, inst)
+    write_refer(refer_root, refs, inst)
     return "refs(unc).p", f"ref_id {refs[2]['ref_id']} has ann_id 999"
 
 
-def _break_ref_no_sentences(root: Path) -> tuple[str, str]:
+def _break_ref_no_sentences(refer_root: Path) -> tuple[str, str]:
     refs, inst = build_spec()
     refs[5]["sentences"] = []
-    write_refer(root, refs, inst)
+    write_refer(refer_root, refs, inst)
     return "refs(unc).p", f"ref_id {refs[5]['ref_id']} has no sentences"
 
 
-def _break_polygon(root: Path) -> tuple[str, str]:
+def _break_polygon(refer_root: Path) -> tuple[str, str]:
     refs, inst = build_spec()
     inst["annotations"][4]["segmentation"] = [[2.0, 2.0, 90.0, 2.0, 90.0, 10.0, 2.0, 10.0]]
-    write_refer(root, refs, inst)
+    write_refer(refer_root, refs, inst)
     return "instances.json", f"annotation id {inst['annotations'][4]['id']}"
 
 
-def _break_missing_instances(root: Path) -> tuple[str, str]:
-    make_refer(root)
-    (root / "refcoco/instances.json").unlink()
+def _break_missing_instances(refer_root: Path) -> tuple[str, str]:
+    make_refer(refer_root)
+    (refer_root / "refcoco/instances.json").unlink()
     return "instances.json", "not found"
 
 
-def _break_missing_refs(root: Path) -> tuple[str, str]:
-    make_refer(root)
-    (root / "refcoco/refs(unc).p").unlink()
+def _break_missing_refs(refer_root: Path) -> tuple[str, str]:
+    make_refer(refer_root)
+    (refer_root / "refcoco/refs(unc).p").unlink()
     return "refs(unc).p", "not found"
 
 
@@ -234,11 +229,11 @@ def test_malformed_rle_is_one_line_and_exit_2(bad: str, tmp_path: Path, capsys: 
     assert "instances.json" in err and "RLE" in err
 
 
-def test_unknown_dataset_and_split_by(root: Path) -> None:
+def test_unknown_dataset_and_split_by(refer_root: Path) -> None:
     with pytest.raises(DataError, match="unknown dataset"):
-        ReferData(root, "refcocoX", "unc")
+        ReferData(refer_root, "refcocoX", "unc")
     with pytest.raises(DataError, match="no splitBy 'umd'"):
-        ReferData(root, "refcoco", "umd")
+        ReferData(refer_root, "refcoco", "umd")
 
 
 def test_encoded_rle_roundtrip_sanity() -> None:

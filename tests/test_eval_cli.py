@@ -16,14 +16,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import eval_dist_worker  # noqa: E402
-from refer_fixtures import make_refer  # noqa: E402
 
 from l2l.cli.main import main  # noqa: E402
 from l2l.data.dataset import RESDataset  # noqa: E402
 from l2l.data.processor import Processor  # noqa: E402
 from l2l.errors import ConfigError  # noqa: E402
 from l2l.evaluation import RESMetric, evaluate  # noqa: E402
-from l2l.model import ModelConfig, RESModel  # noqa: E402
 from l2l.priors.prior import Prior  # noqa: E402
 from l2l.priors.store import write_priors  # noqa: E402
 
@@ -66,11 +64,6 @@ class FullBank:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_refer(tmp_path_factory.mktemp("refer"))
-
-
-@pytest.fixture(scope="module")
 def processor() -> Processor:
     return Processor.from_text_encoder("tiny", image_size=SIDE, max_tokens=8)
 
@@ -84,8 +77,8 @@ def _whole_image_ious(dataset: RESDataset, skip_ref: int | None = None) -> list[
     return out
 
 
-def test_evaluate_scores_at_original_resolution_in_both_modes(root: Path, processor: Processor, tmp_path: Path) -> None:
-    dataset = RESDataset(root, "refcoco/unc/train")
+def test_evaluate_scores_at_original_resolution_in_both_modes(refer_root: Path, processor: Processor, tmp_path: Path) -> None:
+    dataset = RESDataset(refer_root, "refcoco/unc/train")
     everything = evaluate(ConstantModel(always=True), dataset, processor, batch_size=5, progress=False)
     assert everything["n"] == len(dataset) == 12
     assert everything["mIoU"] == pytest.approx(100 * np.mean(_whole_image_ious(dataset)))
@@ -104,34 +97,27 @@ def test_evaluate_scores_at_original_resolution_in_both_modes(root: Path, proces
         evaluate(ConstantModel(), dataset, processor, use_priors=True)
 
 
-def test_evaluate_two_processes_equals_one(root: Path, tmp_path: Path) -> None:
-    dataset = RESDataset(root, "refcoco/unc/val")
+def test_evaluate_two_processes_equals_one(refer_root: Path, tmp_path: Path) -> None:
+    dataset = RESDataset(refer_root, "refcoco/unc/val")
     single = evaluate(eval_dist_worker.TextureModel(), dataset, eval_dist_worker.processor(), batch_size=2,
                       progress=False)
     assert single["n"] == 3 and 0 < single["mIoU"] < 100
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(eval_dist_worker.run, args=(2, port, str(root), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(eval_dist_worker.run, args=(2, port, str(refer_root), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         assert json.loads((tmp_path / f"r{rank}.json").read_text()) == pytest.approx(single)
     assert len((tmp_path / "d.jsonl").read_text().splitlines()) == 3
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = RESModel(ModelConfig(vision="tiny", text="tiny", image_size=SIDE, dim=16, decoder_dim=16))
-    return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model")
-
-
-def test_cli_eval_table_metrics_json_and_jsonl(root: Path, checkpoint: Path, tmp_path: Path,
+def test_cli_eval_table_metrics_json_and_jsonl(refer_root: Path, checkpoint: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
-    dataset = RESDataset(root, "refcoco/unc/train")
+    dataset = RESDataset(refer_root, "refcoco/unc/train")
     priors = [Prior(s.sample_id, list(s.box), confidence=0.9, provider="test") for s in dataset.samples]
     write_priors(tmp_path / "priors.jsonl", priors)
     out = tmp_path / "eval"
-    code = main(["eval", "--checkpoint", str(checkpoint), "--root", str(root), "--data", "refcoco/unc/train",
+    code = main(["eval", "--checkpoint", str(checkpoint), "--root", str(refer_root), "--data", "refcoco/unc/train",
                  "--data", "refcoco/unc/val", "--out", str(out), "--priors", str(tmp_path / "priors.jsonl"),
                  "--proposal-method", "box", "--batch-size", "4"])
     assert code == 0
@@ -151,9 +137,9 @@ def test_cli_eval_table_metrics_json_and_jsonl(root: Path, checkpoint: Path, tmp
     assert recomputed.compute() == pytest.approx({k: row[k] for k in recomputed.compute()})
 
 
-def test_cli_eval_simulated_priors(root: Path, checkpoint: Path, tmp_path: Path) -> None:
+def test_cli_eval_simulated_priors(refer_root: Path, checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    assert main(["eval", "--checkpoint", str(checkpoint), "--root", str(root), "--data", "refcoco/unc/val",
+    assert main(["eval", "--checkpoint", str(checkpoint), "--root", str(refer_root), "--data", "refcoco/unc/val",
                  "--out", str(out), "--simulated-priors", "--modes", "prior"]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert [(r["mode"], r["n"]) for r in report["results"]] == [("prior", 3)]
@@ -161,9 +147,9 @@ def test_cli_eval_simulated_priors(root: Path, checkpoint: Path, tmp_path: Path)
 
 
 @pytest.mark.parametrize("case", ["bad_id", "no_checkpoint", "prior_mode_without_priors", "two_prior_sources"])
-def test_cli_eval_errors_exit_2(case: str, root: Path, checkpoint: Path, tmp_path: Path,
+def test_cli_eval_errors_exit_2(case: str, refer_root: Path, checkpoint: Path, tmp_path: Path,
                                 capsys: pytest.CaptureFixture) -> None:
-    args = ["eval", "--checkpoint", str(checkpoint), "--root", str(root), "--data", "refcoco/unc/val",
+    args = ["eval", "--checkpoint", str(checkpoint), "--root", str(refer_root), "--data", "refcoco/unc/val",
             "--out", str(tmp_path / "e")]
     if case == "bad_id":
         args[args.index("refcoco/unc/val")] = "refcoco/val"

@@ -21,13 +21,7 @@ from methods_standin import GuardedBatch, StandInModel, make_batch
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():  # noqa: ANN201 - fixture
-    """One intra-op thread: on the shared 2-core machine two threads make these tiny ops many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name: str, total_steps: int = 100, bank: object = None, **cfg: object):

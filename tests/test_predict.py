@@ -19,13 +19,6 @@ from l2l.priors.prior import Prior
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = RESModel(ModelConfig(vision="tiny", text="tiny", image_size=64, dim=16, decoder_dim=16))
-    return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model")
-
-
-@pytest.fixture(scope="module")
 def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("img") / "cat.png"
     rgb = cv2.resize(skdata.chelsea(), (90, 60))

@@ -16,12 +16,7 @@ from l2l.priors import Prior, PriorRequest, PriorsFile, box_iou, load_priors, re
 from l2l.priors.jsonl import JsonlProvider
 from l2l.priors.run import run_priors
 from l2l.priors.simulated import SimulatedMLLM, SimulatedMLLMConfig
-from tests.refer_fixtures import build_spec, make_refer, write_refer
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_refer(tmp_path_factory.mktemp("refer"))
+from tests.refer_fixtures import build_spec, write_refer
 
 
 def _prior(i: int, ok: bool = True) -> Prior:
@@ -87,9 +82,9 @@ def _requests(refer_root: Path, data: str = "refcoco/unc/train") -> tuple[RESDat
     return ds, reqs
 
 
-def test_simulated_is_deterministic_per_sample_and_named_a_simulation(root: Path) -> None:
-    refer = ReferData(root, "refcoco", "unc")
-    _, reqs = _requests(root)
+def test_simulated_is_deterministic_per_sample_and_named_a_simulation(refer_root: Path) -> None:
+    refer = ReferData(refer_root, "refcoco", "unc")
+    _, reqs = _requests(refer_root)
     sim = SimulatedMLLM(refer, SimulatedMLLMConfig(seed=3))
     forward = sim.predict(reqs)
     backward = SimulatedMLLM(refer, SimulatedMLLMConfig(seed=3)).predict(reqs[::-1])[::-1]
@@ -99,10 +94,10 @@ def test_simulated_is_deterministic_per_sample_and_named_a_simulation(root: Path
     assert [p.box for p in other] != [p.box for p in forward]
 
 
-def test_simulated_calibration_and_error_model(root: Path) -> None:
+def test_simulated_calibration_and_error_model(refer_root: Path) -> None:
     """Defaults: ~90% of boxes at IoU >= 0.5, confidence higher when right, positive points on the object."""
-    refer = ReferData(root, "refcoco", "unc")
-    ds, reqs = _requests(root)
+    refer = ReferData(refer_root, "refcoco", "unc")
+    ds, reqs = _requests(refer_root)
     sim = SimulatedMLLM(refer)
     many = [PriorRequest(f"{r.sample_id}#{k}", r.image, r.expression, r.sample) for k in range(150) for r in reqs]
     priors = sim.predict(many)
@@ -124,9 +119,9 @@ def test_simulated_wrong_objects_prefer_the_same_category(tmp_path: Path) -> Non
     instances["annotations"].append({"id": 13, "image_id": 1, "category_id": 1, "bbox": [30.0, 20.0, 10.0, 10.0],
                                      "segmentation": [[30.0, 20.0, 40.0, 20.0, 40.0, 30.0, 30.0, 30.0]],
                                      "area": 100.0, "iscrowd": 0})
-    root = write_refer(tmp_path, refs, instances)
-    refer = ReferData(root, "refcoco", "unc")
-    ds, reqs = _requests(root)
+    refer_root = write_refer(tmp_path, refs, instances)
+    refer = ReferData(refer_root, "refcoco", "unc")
+    ds, reqs = _requests(refer_root)
     req = next(r for r in reqs if r.sample.ann_id == 11)
     sim = SimulatedMLLM(refer, SimulatedMLLMConfig(miss_rate=0.0, wrong_object_rate=1.0, point_off_object_rate=0.0))
     priors = sim.predict([PriorRequest(f"x{k}", req.image, req.expression, req.sample) for k in range(400)])
@@ -137,9 +132,9 @@ def test_simulated_wrong_objects_prefer_the_same_category(tmp_path: Path) -> Non
     assert all(mask13[int(p.points[0][1]), int(p.points[0][0])] for p, a in zip(priors, picked) if a == 13)
 
 
-def test_run_resumes_and_ends_with_one_prior_per_sample(root: Path, tmp_path: Path) -> None:
-    ds = RESDataset(root, "refcoco/unc/train")
-    sim = SimulatedMLLM(ReferData(root, "refcoco", "unc"))
+def test_run_resumes_and_ends_with_one_prior_per_sample(refer_root: Path, tmp_path: Path) -> None:
+    ds = RESDataset(refer_root, "refcoco/unc/train")
+    sim = SimulatedMLLM(ReferData(refer_root, "refcoco", "unc"))
     out = tmp_path / "priors.jsonl"
     first = run_priors(ds, sim, out, batch_size=4, limit=5, progress=False)
     assert (first.written, first.skipped) == (5, 0)
@@ -149,8 +144,8 @@ def test_run_resumes_and_ends_with_one_prior_per_sample(root: Path, tmp_path: Pa
     assert second.skipped == 5 and second.written == len(ds) - 5 and second.truncated_bytes > 0
     priors = read_priors(out)
     assert sorted(p.sample_id for p in priors) == sorted(ds.sample_ids())
-    once = SimulatedMLLM(ReferData(root, "refcoco", "unc"))
-    assert [p.to_json() for p in priors] == [p.to_json() for p in once.predict(_requests(root)[1])]
+    once = SimulatedMLLM(ReferData(refer_root, "refcoco", "unc"))
+    assert [p.to_json() for p in priors] == [p.to_json() for p in once.predict(_requests(refer_root)[1])]
 
 
 def test_jsonl_provider_serves_priors_and_fails_missing_ids(tmp_path: Path) -> None:
@@ -162,9 +157,9 @@ def test_jsonl_provider_serves_priors_and_fails_missing_ids(tmp_path: Path) -> N
     assert got[1].status == "failed" and got[1].reason == "not in src.jsonl"
 
 
-def test_cli_run_and_report(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_run_and_report(refer_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "pri.jsonl"
-    args = ["priors", "run", "--root", str(root), "--data", "refcoco/unc/train", "--provider", "simulated",
+    args = ["priors", "run", "--root", str(refer_root), "--data", "refcoco/unc/train", "--provider", "simulated",
             "--out", str(out), "--no-progress", "--sim", "miss_rate=0.5"]
     assert main(args) == 0
     text = capsys.readouterr()
@@ -172,7 +167,7 @@ def test_cli_run_and_report(root: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert main(args) == 0
     assert "already done: 12" in capsys.readouterr().out and len(read_priors(out)) == 12
     rep = tmp_path / "rep"
-    assert main(["priors", "report", "--priors", str(out), "--root", str(root), "--data", "refcoco/unc/train",
+    assert main(["priors", "report", "--priors", str(out), "--root", str(refer_root), "--data", "refcoco/unc/train",
                  "--out", str(rep), "--methods", "box,gaussian", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "box acc@0.5" in printed and "gaussian" in printed and "SIMULATED" in printed
@@ -190,9 +185,9 @@ def test_cli_run_and_report(root: Path, tmp_path: Path, capsys: pytest.CaptureFi
     (["--provider", "simulated", "--sim", "bogus=1"], "bogus"),
     (["--provider", "simulated", "--sim", "miss_rate=2"], "miss_rate"),
 ])
-def test_cli_user_errors_exit_2(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str],
+def test_cli_user_errors_exit_2(refer_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str],
                                 message: str) -> None:
-    args = ["priors", "run", "--root", str(root), "--data", "refcoco/unc/train", "--out", str(tmp_path / "x")]
+    args = ["priors", "run", "--root", str(refer_root), "--data", "refcoco/unc/train", "--out", str(tmp_path / "x")]
     assert main(args + extra) == 2
     assert message in capsys.readouterr().err
 
