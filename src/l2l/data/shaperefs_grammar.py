@@ -8,6 +8,8 @@ its strict reading admits the target: near-ties make it ambiguous and it is disc
 
 All horizontal predicates are mirror-symmetric, so flipping the image and swapping the words "left" and
 "right" (`l2l.data.augment.flip_text`) keeps the referent.
+
+One module (just over 400 lines): the query type, its resolver and its wording must agree predicate by predicate.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def plot_ratio_curve(rows: list[dict[str, Any]], path: Path, modes: Sequence[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    test = [r for r in rows if r["split"] == "test"]
+    test = [r for r in rows if r["split"] == "test" and r.get("pick", "best") == "best"]
     modes = [m for m in modes if any(r["mode"] == m for r in test)]
     fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(5.5 * max(1, len(modes)), 4), squeeze=False)
     methods = sorted({r["method"] for r in test if r["method"] != FULL})

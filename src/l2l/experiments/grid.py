@@ -5,10 +5,11 @@ half-way resumes from its checkpoint) and ends with `final.json`, the run's resu
 is never redone, so the grid can span several sittings. `OUT/results.json` and `OUT/table.md` are rebuilt
 from all finished runs after each one.
 
-Scores are of `best/`: the weight average that validation on val chose among the schedule's checkpoints
-(step 0 included, so a network with priors that learnt nothing useful stays prior_only); the test splits are
-read once, after training. Scored at the original image resolution, on every sentence of every ref of each test split, in two modes: `prior` (the model is
-given the proposal of the (simulated) MLLM prior, the L2L setting) and `prior_free`.
+Each cell is scored twice: `best` is the weight average that validation on val chose among the schedule's
+checkpoints (step 0 included, so a network with priors that learnt nothing useful stays prior_only; what a user
+deploys), `last` is the last step's (what training did). The test splits are read once per cell, after training,
+at the original image resolution, on every sentence of every ref, in two modes: `prior` (the model is given the
+proposal of the (simulated) MLLM prior, the L2L setting) and `prior_free`.
 
 One module for the grid: cells, their configs, running (one process or a pool), aggregation and tables belong
 together (a cell's name, config and table row must agree); figures live in `figures`.
@@ -114,11 +115,14 @@ def run_one(
     if summary.get("stopped"):
         raise RuntimeError(f"{run_dir}: training stopped early (train.stop_after_steps is set)")
     train_s = time.perf_counter() - t0
-    net = trainer.eval_network()
-    if hasattr(net, "save_pretrained") and (run_dir / "best").is_dir():
+    # Two picks, both reported: `best` (the network validation chose, what a user deploys) and `last` (what the
+    # schedule's last step gives, so a table also shows what training did where val picked the start).
+    nets = {"last": trainer.eval_network()}
+    best_step = int(summary["best"]["step"])
+    if hasattr(nets["last"], "save_pretrained") and (run_dir / "best").is_dir() and best_step != trainer.step:
         from l2l.model.modeling import RESModel
 
-        net = RESModel.from_pretrained(run_dir / "best")  # the network validation chose (the last one if validated once)
+        nets["best"] = RESModel.from_pretrained(run_dir / "best")
     uses_sesm = bool(trainer.model_config.use_sesm)
     records: list[dict[str, Any]] = []
     spec = BankSpec.from_data(trainer.dcfg, trainer.model_config.image_size)
@@ -130,18 +134,19 @@ def run_one(
         if "prior" in modes:
             bank, _ = spec.prepare(data_id, out / "cache")
         for mode in modes:
-            metrics = evaluate(
-                net, ds, trainer.processor, bank=bank, use_priors=mode == "prior",
-                batch_size=trainer.tcfg.eval_batch_size, progress=False,
-                out_jsonl=run_dir / f"samples_{split}_{mode}.jsonl",
-            )
-            rec = {"method": method, "ratio": ratio, "seed": seed, "split": split, "mode": mode}
-            rec.update({k: float(metrics[k]) for k in SCORE_KEYS})
-            rec["n"] = int(metrics["n"])
-            rec["train_s"] = round(train_s, 1)
-            rec["best_step"] = int(summary["best"]["step"])
-            records.append(rec)
-            log(f"  {method:<14} ratio={ratio:<5g} seed={seed} {split:<6} {mode:<10} mIoU={rec['mIoU']:.2f} oIoU={rec['oIoU']:.2f}")
+            for pick, net in nets.items():
+                metrics = evaluate(
+                    net, ds, trainer.processor, bank=bank, use_priors=mode == "prior",
+                    batch_size=trainer.tcfg.eval_batch_size, progress=False,
+                    out_jsonl=run_dir / f"samples_{split}_{mode}_{pick}.jsonl",
+                )
+                rec = {"method": method, "ratio": ratio, "seed": seed, "split": split, "mode": mode}
+                rec.update({k: float(metrics[k]) for k in SCORE_KEYS})
+                rec.update(n=int(metrics["n"]), train_s=round(train_s, 1), best_step=best_step)
+                picks = [pick] if len(nets) > 1 else ["best", "last"]  # one network: both picks are it
+                records += [{**rec, "pick": p} for p in picks]
+                log(f"  {method:<14} ratio={ratio:<5g} seed={seed} {split:<6} {mode:<10} {'/'.join(picks):<9} "
+                    f"mIoU={rec['mIoU']:.2f} oIoU={rec['oIoU']:.2f}")
     atomic_write_json(final, records)
     return records
 
@@ -157,37 +162,44 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, dict[int, list[dict[str, Any]]]] = {}
     for r in records:
         for split in (r["split"],) if r["split"] == "val" else (r["split"], "test"):
-            key = (r["method"], r["ratio"], split, r["mode"])
+            key = (r["method"], r["ratio"], split, r["mode"], r.get("pick", "best"))
             groups.setdefault(key, {}).setdefault(r["seed"], []).append(r)
     rows = []
-    for (method, ratio, split, mode), by_seed in groups.items():
+    for (method, ratio, split, mode, pick), by_seed in groups.items():
         per_seed: dict[str, list[float]] = {k: [] for k in SCORE_KEYS}
         for recs in by_seed.values():
             n = sum(x["n"] for x in recs)
             for k in SCORE_KEYS:  # pooled over test splits weighted by sample count (oIoU approximated likewise)
                 per_seed[k].append(sum(x[k] * x["n"] for x in recs) / max(n, 1))
-        row = {"method": method, "ratio": ratio, "split": split, "mode": mode, "seeds": len(by_seed)}
+        row = {"method": method, "ratio": ratio, "split": split, "mode": mode, "pick": pick, "seeds": len(by_seed),
+               "best_steps": sorted(int(recs[0].get("best_step", -1)) for recs in by_seed.values())}
         for k in SCORE_KEYS:
             row[k], row[k + "_std"] = _mean_std(per_seed[k])
         rows.append(row)
     order = {m: i for i, m in enumerate((*ALL_METHODS, *ABLATIONS, FULL))}
-    rows.sort(key=lambda r: (r["split"], r["ratio"], order.get(r["method"], 99), r["mode"]))
+    rows.sort(key=lambda r: (r["split"], r["pick"], r["ratio"], order.get(r["method"], 99), r["mode"]))
     return rows
 
 
-def table_markdown(rows: list[dict[str, Any]], split: str = "test") -> str:
+PICKS = {"best": "the network validation chose (`best/`, step 0 a candidate)", "last": "the last step's network"}
+
+
+def table_markdown(rows: list[dict[str, Any]], split: str = "test", pick: str = "best") -> str:
+    pooled = " (testA and testB pooled, weighted by samples)" if split == "test" else ""
     lines = [
-        f"Split `{split}`{' (testA and testB pooled, weighted by samples)' if split == 'test' else ''}; mean ± std over seeds, percent.",
+        f"Split `{split}`{pooled}, {PICKS[pick]}; mean ± std over seeds, percent. `best steps`: the step val chose, "
+        "per seed.",
         "",
-        "| ratio | method | mode | seeds | mIoU | oIoU | P@0.5 | P@0.7 | P@0.9 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| ratio | method | mode | seeds | mIoU | oIoU | P@0.5 | P@0.7 | P@0.9 | best steps |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if r["split"] != split:
+        if r["split"] != split or r.get("pick", "best") != pick:
             continue
         cells = [f"{r[k]:.2f} ± {r[k + '_std']:.2f}" for k in ("mIoU", "oIoU", "P@0.5", "P@0.7", "P@0.9")]
         ratio = "100%" if r["method"] == FULL else f"{r['ratio'] * 100:g}%"
-        lines.append(f"| {ratio} | {r['method']} | {r['mode']} | {r['seeds']} | " + " | ".join(cells) + " |")
+        steps = ", ".join(str(s) for s in r.get("best_steps", [])) if r["method"] != "prior_only" else "-"
+        lines.append(f"| {ratio} | {r['method']} | {r['mode']} | {r['seeds']} | " + " | ".join(cells) + f" | {steps} |")
     return "\n".join(lines) + "\n"
 
 
@@ -195,9 +207,10 @@ def write_outputs(out: Path, records: list[dict[str, Any]], command: str) -> lis
     rows = aggregate(records)
     atomic_write_json(out / "results.json", records)
     parts = [f"# Benchmark results\n\nCommand: `{command}`\n"]
-    for split in ("test", "testA", "testB", "val"):
-        if any(r["split"] == split for r in rows):
-            parts.append(f"## {split}\n\n" + table_markdown(rows, split))
+    for split in ("test", "val", "testA", "testB"):
+        for pick in PICKS:
+            if any(r["split"] == split and r.get("pick", "best") == pick for r in rows):
+                parts.append(f"## {split}, {pick}\n\n" + table_markdown(rows, split, pick))
     atomic_write_text(out / "table.md", "\n".join(parts))
     from l2l.experiments.figures import plot_evolution, plot_ratio_curve
 

@@ -14,6 +14,9 @@ Data flow per stage s (strides 4, 8, 16, 32), docs/method.md stage 2:
 Do no harm by construction: the correction head and the refine head's last conv start at zero, so an untrained
 network given a proposal outputs exactly `prior_logits(q)`, the proposal thresholded at 0.5 (the `prior_only`
 baseline); every change from it is learnt.
+
+One module (~440 lines): the blocks, the network that wires them and its save/load must change together (a
+block's shape is part of the checkpoint format).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -55,6 +56,7 @@ from l2l.utils.seed import seed_everything
 from l2l.utils.threads import free_cores
 
 CHECKPOINT = "checkpoint.pt"
+log = logging.getLogger(__name__)
 # Config sections that must match for a checkpoint to be resumed (the `train` section may change,
 # e.g. more epochs or a removed stop hook).
 RESUME_KEYS = ("seed", "data", "model", "method")
@@ -557,8 +559,8 @@ class Trainer:
                         bar.set_postfix(loss=f"{rec.get('train/loss', float('nan')):.3f}")
                     elif env.is_main:  # no TTY (logs, CI, a worker process): one line per log interval instead
                         eta = (self.total_steps - self.step) * dt / tr.log_every
-                        print(f"  step {self.step}/{self.total_steps}  loss {rec.get('train/loss', float('nan')):.3f}  "
-                              f"{rec['train/images_per_s']:.1f} img/s  eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
+                        log.info("  step %d/%d  loss %.3f  %.1f img/s  eta %.1f min", self.step, self.total_steps,
+                                 rec.get("train/loss", float("nan")), rec["train/images_per_s"], eta / 60)
                     running, seen, t0, images = {}, {}, time.perf_counter(), 0
                 if self.step % tr.checkpoint_every == 0 and self.micro_done < self.micro_per_epoch:
                     self.save_checkpoint()
