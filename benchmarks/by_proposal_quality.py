@@ -3,7 +3,7 @@
 Every method of the grid is scored with priors on the same sentences, and `prior_only` is the proposal itself;
 binning the sentences by the proposal's IoU shows whether a network repairs bad proposals (wrong object, poor
 extent) or spoils good ones (edges). Reads the per-sentence files a finished `l2l bench` grid leaves
-(`DIR/runs/METHOD/rRATIO/sSEED/samples_SPLIT_prior.jsonl`); nothing is trained or re-evaluated.
+(`DIR/runs/METHOD/rRATIO/sSEED/samples_SPLIT_prior_{best,last}.jsonl`); nothing is trained or re-evaluated.
 
     python benchmarks/by_proposal_quality.py --grid benchmarks/results/bench
 """
@@ -23,7 +23,8 @@ def load_cell(cell: Path) -> dict[tuple[str, str], float] | None:
     """{(split, sample_id): IoU} of a finished cell's with-prior test samples, or None when a split is missing."""
     scores: dict[tuple[str, str], float] = {}
     for split in SPLITS:
-        path = cell / f"samples_{split}_prior.jsonl"
+        path = cell / f"samples_{split}_prior_best.jsonl"  # the reported pick; `_last` when one network is both
+        path = path if path.is_file() else cell / f"samples_{split}_prior_last.jsonl"
         if not path.is_file() or not (cell / "final.json").is_file():
             return None
         with path.open() as fh:

@@ -1,6 +1,6 @@
 """How well a split separates two methods: paired bootstrap of the mIoU difference over its sentences.
 
-Reads the per-sentence records (`samples_<split>_<mode>.jsonl`) that `l2l bench` leaves in every cell and, for each
+Reads the per-sentence records (`samples_<split>_<mode>_<pick>.jsonl`) that `l2l bench` leaves in every cell and, for each
 pair of cells, prints the mIoU difference and the bootstrap std of that difference (resampling sentences, the
 same draw for both methods). A split separates 1 mIoU when that std is well under 1.
 
@@ -29,10 +29,13 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
-    cells = {p.parent.relative_to(args.grid / "runs").as_posix(): per_sentence(p)
-             for p in sorted(args.grid.glob(f"runs/*/*/*/samples_{args.split}_{args.mode}.jsonl"))}
+    cells = {}
+    for final in sorted(args.grid.glob("runs/*/*/*/final.json")):  # the reported pick; `_last` if one network is both
+        best, last = (final.parent / f"samples_{args.split}_{args.mode}_{p}.jsonl" for p in ("best", "last"))
+        if best.is_file() or last.is_file():
+            cells[final.parent.relative_to(args.grid / "runs").as_posix()] = per_sentence(best if best.is_file() else last)
     if len(cells) < 2:
-        raise SystemExit(f"need two cells with samples_{args.split}_{args.mode}.jsonl under {args.grid}/runs")
+        raise SystemExit(f"need two finished cells with samples_{args.split}_{args.mode}_*.jsonl under {args.grid}/runs")
     rng = np.random.default_rng(0)
     ids = sorted(set.intersection(*(set(c) for c in cells.values())))
     draws = rng.integers(0, len(ids), size=(args.draws, len(ids)))

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -186,3 +187,60 @@ def test_epochs_zero_lets_max_steps_decide(root: Path, tmp_path: Path) -> None:
     summary = Trainer(_cfg(root, "train.epochs=0", "train.max_steps=5", "train.val_every=0"), tmp_path / "run").fit()
     vals = [r for r in _records(tmp_path / "run") if "val/prior_free/mIoU" in r]
     assert summary["steps"] == 5 and [r["step"] for r in vals] == [5]  # val_every=0: validated once, at the end
+
+
+def _evolve_once(trainer: Trainer) -> dict:
+    """One self-evolution round of an l2l trainer right now, with a fixed teacher and policy (the mixture of a
+    per-sample teacher map that depends on the pixels only), so the outcome is the same however samples are sharded."""
+    from l2l.methods.rple import MIXTURE
+
+    method = trainer.method
+    method.teacher_probs = lambda batch: torch.sigmoid(4 * batch["pixel_values"].mean(1, keepdim=True))
+    method.decide = lambda batch, p, step: torch.full((p.shape[0],), MIXTURE, dtype=torch.long)
+    context = {**trainer._epoch_context(), "step": trainer.total_steps, "proxy_loader": []}
+    return method.on_epoch_end(0, context)
+
+
+EVOLVE = ["method.name=l2l", "data.proposal=gaussian", "model.use_sesm=true", "train.unlabelled_batch_size=3",
+          "data.ratio=0.5"]
+
+
+def _evolve_rank(rank: int, port: int, root: Path, run: Path) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    cv2.setNumThreads(0)
+    try:
+        logs = _evolve_once(Trainer(_cfg(root, *EVOLVE), run))
+        (run / f"rank{rank}.json").write_text(json.dumps(logs))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_process_self_evolution_writes_the_one_process_bank(root: Path, tmp_path: Path) -> None:
+    from l2l.proposals import ProposalBank
+
+    single = Trainer(_cfg(root, *EVOLVE), tmp_path / "one")
+    logs_one = _evolve_once(single)
+    assert logs_one["evolve/unlabelled_write_rate"] > 0.5  # the round did write
+    run = tmp_path / "ddp"
+    ctx = torch.multiprocessing.start_processes(_evolve_rank, args=(_free_port(), root, run), nprocs=2,
+                                                start_method="fork", join=False)
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two-process round did not finish in 120 s")
+    per_rank = [json.loads((run / f"rank{r}.json").read_text()) for r in range(2)]
+    assert per_rank[0] == per_rank[1] == pytest.approx(logs_one)  # every rank logs the merged round
+    where = single.train_bank.path.relative_to(tmp_path / "one")
+    one, two = ProposalBank.open(tmp_path / "one" / where), ProposalBank.open(run / where)
+    assert sorted(one.ids()) == sorted(two.ids())
+    evolved = [s for s in one.ids() if one.evolved(s)]
+    assert len(evolved) == len(single.unlabelled)  # the proxy set left out: every unlabelled sample written
+    for s in one.ids():
+        assert one.evolved(s) == two.evolved(s), s
+        assert np.array_equal(one.get(s), two.get(s)), s
+    pristine = ProposalBank.open(single._shared_cache() / where.relative_to("cache"))
+    assert any(not np.array_equal(one.get(s), pristine.get(s)) for s in evolved)  # the round changed maps

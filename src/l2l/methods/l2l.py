@@ -360,7 +360,12 @@ class L2LMethod(TeacherStudentMethod):
 
     @torch.no_grad()
     def on_epoch_end(self, epoch: int, context: dict[str, Any]) -> dict[str, float]:
-        """When a round is due: rewrite the label bank from the greedy decisions, if the proxy set says it helps."""
+        """When a round is due: rewrite the label bank from the greedy decisions, if the proxy set says it helps.
+
+        Under torch.distributed each rank decides on its own share of the loaders; the per-sample outcomes are
+        gathered, so every rank takes the same "does it help" decision and logs the same numbers; each sample's row
+        is written by the lowest rank that holds it (padding repeats a few samples on other ranks), and rank 0
+        writes the index once every rank has flushed its rows. The bank then equals the one-process result."""
         step = int(context.get("step", self.total_steps))
         if not self.evolve_due(step):
             return {}
@@ -373,27 +378,49 @@ class L2LMethod(TeacherStudentMethod):
         try:
             logs = {"evolve/round": float(len(self.history) + 1)}
             proxy, proxy_writes = self._evolve(context.get("proxy_loader") or [], device, step, labelled=True)
-            logs.update(proxy)
-            helps = proxy.get("evolve/proxy_q_miou_after", 0.0) >= proxy.get("evolve/proxy_q_miou_before", 0.0)
+            proxy_all = _gather_records(proxy)
+            logs.update(_round_logs(proxy_all, "evolve/proxy_", labelled=True))
+            helps = logs.get("evolve/proxy_q_miou_after", 0.0) >= logs.get("evolve/proxy_q_miou_before", 0.0)
             logs["evolve/written"] = float(helps)
             if helps:
                 unl, writes = self._evolve(context.get("unlabelled_loader") or [], device, step, labelled=False)
-                logs.update(unl)
-                for sample_id, label, accept in proxy_writes + writes:
-                    self.bank.update(sample_id, label, accept, self.opts.evolve_mu)
-                self.bank.save()
+                unl_all = _gather_records(unl)
+                logs.update(_round_logs(unl_all, "evolve/unlabelled_", labelled=False))
+                self._write_round({**proxy_all, **unl_all}, {**proxy_writes, **writes})
         finally:
             self.model.train(was_training)
         self.history.append(logs)
         return logs
 
-    def _evolve(self, loader: Iterable[dict], device: torch.device, step: int,
-                labelled: bool) -> tuple[dict[str, float], list[tuple[str, torch.Tensor, torch.Tensor]]]:
-        """Greedy decisions over one loader -> (logs, [(sample_id, label map, pixels to write)])."""
-        n, changed = 0, 0
-        iou_before = iou_after = 0.0
-        writes: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    def _write_round(self, records: dict[str, dict[str, Any]], writes: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                     ) -> None:
+        """Write this rank's rows, count every rank's updates in the index, save once (rank 0)."""
+        assert self.bank is not None
+        rank, distributed = _rank_world()
+        for sample_id, rec in records.items():
+            if not rec["written"]:
+                continue
+            if rec["rank"] == rank:
+                label, accept = writes[sample_id]
+                self.bank.update(sample_id, label, accept, self.opts.evolve_mu)
+            else:
+                self.bank.mark_evolved(sample_id)
+        self.bank.flush()
+        if distributed:
+            torch.distributed.barrier()
+        if rank == 0:
+            self.bank.save()
+        if distributed:
+            torch.distributed.barrier()
+            self.bank.refresh()
+
+    def _evolve(self, loader: Iterable[dict], device: torch.device, step: int, labelled: bool
+                ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Greedy decisions over one loader -> ({sample_id: outcome}, {sample_id: (label map, pixels to write)})."""
+        records: dict[str, dict[str, Any]] = {}
+        writes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         mu = self.opts.evolve_mu
+        rank, _ = _rank_world()
         for raw in loader:
             batch = _to_device(raw if labelled else check_unlabelled(raw, self.name), device)
             p = self.teacher_probs(batch)
@@ -403,22 +430,18 @@ class L2LMethod(TeacherStudentMethod):
             rows = (decisions == ACTIONS.index("teacher")) | (decisions == MIXTURE)  # the proposal stays elsewhere
             accept = rows.to(device).view(-1, 1, 1, 1) & (weight > 0)
             q_new = torch.where(accept, (1.0 - mu) * q + mu * target, q)
-            for i, sample_id in enumerate(batch["sample_ids"]):
-                if bool(accept[i].any()):
-                    writes.append((sample_id, target[i, 0].cpu(), accept[i, 0].cpu()))
-                    changed += 1
-            n += p.shape[0]
             if labelled:
                 gt = batch["mask"] > 0.5
-                iou_before += float(mask_iou(q > 0.5, gt).sum())
-                iou_after += float(mask_iou(q_new > 0.5, gt).sum())
-        if n == 0:
-            return {}, []
-        prefix = "evolve/proxy_" if labelled else "evolve/unlabelled_"
-        logs = {f"{prefix}write_rate": changed / n}
-        if labelled:  # mIoU in percent, as every other IoU the project reports
-            logs.update({f"{prefix}q_miou_before": 100 * iou_before / n, f"{prefix}q_miou_after": 100 * iou_after / n})
-        return logs, writes
+                before, after = mask_iou(q > 0.5, gt), mask_iou(q_new > 0.5, gt)
+            for i, sample_id in enumerate(batch["sample_ids"]):
+                written = bool(accept[i].any())
+                rec: dict[str, Any] = {"written": written, "rank": rank}
+                if labelled:
+                    rec.update(before=float(before[i]), after=float(after[i]))
+                records.setdefault(sample_id, rec)
+                if written:
+                    writes[sample_id] = (target[i, 0].cpu(), accept[i, 0].cpu())
+        return records, writes
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -465,3 +488,36 @@ class L2LNoEvolveMethod(L2LMethod):
     name: ClassVar[str] = "l2l_no_evolve"
     ablation_of: ClassVar[str] = "l2l"
     evolves: ClassVar[bool] = False
+
+
+def _rank_world() -> tuple[int, bool]:
+    """(this process's rank, whether several processes take part)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size() > 1
+    return 0, False
+
+
+def _gather_records(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every rank's per-sample outcomes, merged; a sample padding repeats on several ranks keeps the lowest rank's."""
+    rank, distributed = _rank_world()
+    if not distributed:
+        return records
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, records)
+    merged: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for sample_id, rec in part.items():
+            merged.setdefault(sample_id, rec)
+    return merged
+
+
+def _round_logs(records: dict[str, dict[str, Any]], prefix: str, labelled: bool) -> dict[str, float]:
+    """A round's logs from the merged per-sample outcomes (IoU in percent, as every IoU the project reports)."""
+    n = len(records)
+    if n == 0:
+        return {}
+    logs = {f"{prefix}write_rate": sum(r["written"] for r in records.values()) / n}
+    if labelled:
+        logs[f"{prefix}q_miou_before"] = 100 * sum(r["before"] for r in records.values()) / n
+        logs[f"{prefix}q_miou_after"] = 100 * sum(r["after"] for r in records.values()) / n
+    return logs

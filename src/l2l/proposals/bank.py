@@ -14,7 +14,9 @@ sample when its key changed and reuses it otherwise, across runs.
 Crash safety: a new sample's row is written before `save()` writes the index that points to it (atomically,
 via rename), so the index never refers to an unwritten row; rows written after the last save are orphans
 that the next run overwrites. Self-evolution (`update`) rewrites rows in place; each row is always a whole
-valid map, old or new. One process writes a bank (rank 0 in distributed training); others read it.
+valid map, old or new. Proposals are built by one process (rank 0 in distributed training) and read by the
+others; in distributed self-evolution each rank rewrites the rows of its own samples (disjoint rows), and rank 0
+writes the index once all rows are flushed (`l2l.methods.l2l`).
 """
 
 from __future__ import annotations
@@ -222,6 +224,22 @@ class ProposalBank:
         entry = self.entries[sample_id]
         entry["evolved"] = int(entry.get("evolved", 0)) + 1
         return q
+
+    def mark_evolved(self, sample_id: str) -> None:
+        """Count an update another process wrote into this sample's row (distributed self-evolution: each rank writes
+        its own samples' rows, every rank keeps the same index)."""
+        entry = self._entry(sample_id)
+        entry["evolved"] = int(entry.get("evolved", 0)) + 1
+
+    def flush(self) -> None:
+        """Push this process's written rows to the file (before another process saves the index or reads them)."""
+        if self._maps is not None:
+            self._maps.flush()
+
+    def refresh(self) -> None:
+        """Re-map the data file, so rows other processes wrote are read from the file, not from a stale mapping."""
+        self._maps = None
+        self._open(minimum=self._next_row)
 
     def evolved(self, sample_id: str) -> int:
         """How many self-evolution updates the stored map has had since it was computed from its prior."""
