@@ -284,3 +284,23 @@ def test_bank_pickles_without_copying_its_rows(tmp_path: Path) -> None:
     assert np.array_equal(clone.get("9"), bank.get("9"))
     bank.update("9", np.zeros((64, 64), np.float32), np.ones((64, 64), bool), mu=1.0)
     assert not clone.get("9").any()  # both map the same file: the worker sees self-evolution at once
+
+
+def test_a_bank_stored_below_the_model_side_reads_and_evolves_at_the_model_side(tmp_path: Path) -> None:
+    disk = np.zeros((96, 96), np.float32)
+    cv2.circle(disk, (48, 48), 30, 1.0, -1)
+    full = ProposalBank(tmp_path / "full", 48, "box")
+    small = ProposalBank(tmp_path / "small", 16, "box", read_size=48)
+    for bank in (full, small):
+        bank.put("a", disk, 0.5, 0.9, key="k")
+    assert small.get("a").shape == (48, 48) and small.stored("a").shape == (16, 16)
+    inter = ((small.get("a") > 0.5) & (full.get("a") > 0.5)).sum()
+    union = ((small.get("a") > 0.5) | (full.get("a") > 0.5)).sum()
+    assert inter / union > 0.95  # a smooth upsample of a 3x smaller map keeps the mask
+    assert (tmp_path / "small" / "maps.u8").stat().st_size * 9 == (tmp_path / "full" / "maps.u8").stat().st_size
+    accept = np.zeros((48, 48), bool)
+    accept[:, :24] = True  # the left half becomes the teacher's (all ones)
+    q = small.update("a", np.ones((48, 48), np.float32), accept, mu=1.0)
+    assert q.shape == (16, 16) and np.allclose(q[:, :8], 1.0) and np.allclose(q[:, 8:], small.stored("a")[:, 8:])
+    small.save()
+    assert ProposalBank.open(tmp_path / "small", read_size=48).get("a").shape == (48, 48)

@@ -244,3 +244,12 @@ def test_two_process_self_evolution_writes_the_one_process_bank(root: Path, tmp_
         assert np.array_equal(one.get(s), two.get(s)), s
     pristine = ProposalBank.open(single._shared_cache() / where.relative_to("cache"))
     assert any(not np.array_equal(one.get(s), pristine.get(s)) for s in evolved)  # the round changed maps
+
+
+def test_l2l_trains_and_evolves_on_a_bank_stored_below_the_model_side(root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    Trainer(_cfg(root, *EVOLVE, "data.bank_side=16", "train.epochs=2", "method.evolve_start=0.0",
+                 "method.evolve_rounds=1"), run).fit()
+    rounds = [r for r in _records(run) if "method/evolve/round" in r]
+    assert len(rounds) == 1
+    assert list((run / "cache").glob("*/gaussian-s16/maps.u8"))  # the run's own copy, stored at 16 px

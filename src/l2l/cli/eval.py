@@ -159,5 +159,5 @@ def _bank(args: argparse.Namespace, k: int, dataset: Any, size: int, device: tor
     if dist.is_initialized():
         dist.barrier()
     if bank is None:
-        bank = ProposalBank.open(spec.path(data_id, cache))
+        bank = ProposalBank.open(spec.path(data_id, cache), read_size=spec.size)
     return bank

@@ -65,13 +65,18 @@ def prior_key(prior: PriorLike | None, image_shape: tuple[int, int], image_name:
 class ProposalBank:
     """sample_id -> soft map float32[S, S] (stored uint8), its quality and the prior's confidence."""
 
-    def __init__(self, path: str | os.PathLike, size: int, method: str, readonly: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, size: int, method: str, readonly: bool = False,
+                 read_size: int | None = None) -> None:
+        """`size`: the side maps are stored at; `read_size` (default `size`): the side `get` returns, upsampled
+        bilinearly from the stored side. A bank stored below the model's side is smaller on disk by the squared
+        ratio (RefCOCO at 480 px: 27.8 GB per copy at 480, 3.1 GB at 160; `benchmarks/proposal_store.py`)."""
         if method not in METHODS:
             raise ConfigError(f"unknown proposal method {method!r}; choose one of {', '.join(METHODS)}")
         if int(size) <= 0:
             raise ConfigError(f"proposal bank side must be positive, got {size}")
         self.path = Path(path)
         self.size = int(size)
+        self.read_size = int(read_size or size)
         self.method = method
         self.readonly = readonly
         self.entries: dict[str, dict[str, Any]] = {}
@@ -95,14 +100,14 @@ class ProposalBank:
         self._open(minimum=self._next_row)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "ProposalBank":
-        """Open an existing bank read-only, taking method and side from its index."""
+    def open(cls, path: str | os.PathLike, read_size: int | None = None) -> "ProposalBank":
+        """Open an existing bank read-only, taking method and stored side from its index."""
         index = Path(path) / "index.json"
         try:
             meta = json.loads(index.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(f"{index}: cannot read proposal bank index ({exc})") from None
-        return cls(path, meta["size"], meta["method"], readonly=True)
+        return cls(path, meta["size"], meta["method"], readonly=True, read_size=read_size)
 
     def _open(self, minimum: int) -> None:
         """(Re)map the data file, growing it (doubling) so it holds at least `minimum` rows."""
@@ -153,16 +158,23 @@ class ProposalBank:
                 f"{self.path}: no proposal for sample {sample_id!r} (rebuild the bank for this dataset)")
         return entry
 
-    def get(self, sample_id: str) -> np.ndarray:
-        """The soft map, float32[S, S] in [0, 1]."""
+    def stored(self, sample_id: str) -> np.ndarray:
+        """The soft map at the stored side, float32[size, size] in [0, 1]."""
         row = self._entry(sample_id)["row"]
         assert self._maps is not None
         return self._maps[row].astype(np.float32) / 255.0
 
+    def get(self, sample_id: str) -> np.ndarray:
+        """The soft map at the read side, float32[read_size, read_size] in [0, 1]."""
+        q = self.stored(sample_id)
+        if self.read_size == self.size:
+            return q
+        return np.clip(cv2.resize(q, (self.read_size, self.read_size), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+
     def get_batch(self, sample_ids: Iterable[str]) -> np.ndarray:
         """float32[B, S, S] for a batch of samples."""
         maps = [self.get(s) for s in sample_ids]
-        return np.stack(maps) if maps else np.zeros((0, self.size, self.size), np.float32)
+        return np.stack(maps) if maps else np.zeros((0, self.read_size, self.read_size), np.float32)
 
     def quality(self, sample_id: str) -> float:
         return float(self._entry(sample_id)["quality"])
@@ -210,15 +222,22 @@ class ProposalBank:
     def update(self, sample_id: str, new_map: Any, accept_mask: Any, mu: float) -> np.ndarray:
         """Self-evolution: q <- (1 - mu) q + mu p on accepted pixels, q unchanged elsewhere; returns the new q.
 
-        `new_map` (teacher probability) and `accept_mask` are [S, S] arrays or tensors. Storage is uint8, so a
-        change smaller than 1/510 rounds away; with mu >= 0.1 that only drops |p - q| < 0.02."""
+        `new_map` (teacher probability) and `accept_mask` are [S, S] arrays or tensors at the stored or the read
+        side (read-side maps are area-averaged down to the stored side first). Storage is uint8, so a change smaller
+        than 1/510 rounds away; with mu >= 0.1 that only drops |p - q| < 0.02."""
         if not 0.0 <= float(mu) <= 1.0:
             raise ConfigError(f"self-evolution mu must be in [0, 1], got {mu}")
         p = _as_numpy(new_map, np.float32)
         accept = _as_numpy(accept_mask, bool)
-        if p.shape != (self.size, self.size) or accept.shape != (self.size, self.size):
-            raise ConfigError(f"update of {sample_id!r} needs [{self.size}, {self.size}] maps, got {p.shape} and {accept.shape}")
-        q = self.get(sample_id)
+        sides = {(self.size, self.size), (self.read_size, self.read_size)}
+        if p.shape not in sides or accept.shape != p.shape:
+            raise ConfigError(f"update of {sample_id!r} needs [{self.size}, {self.size}] (or read-side "
+                              f"[{self.read_size}, {self.read_size}]) maps, got {p.shape} and {accept.shape}")
+        if p.shape != (self.size, self.size):
+            down = (self.size, self.size)
+            p = cv2.resize(p, down, interpolation=cv2.INTER_AREA)
+            accept = cv2.resize(accept.astype(np.float32), down, interpolation=cv2.INTER_AREA) >= 0.5
+        q = self.stored(sample_id)
         q = np.where(accept, (1.0 - mu) * q + mu * p, q).astype(np.float32)
         self._write(sample_id, q)
         entry = self.entries[sample_id]
@@ -271,7 +290,7 @@ def _as_numpy(x: Any, dtype: Any) -> np.ndarray:
 
 def build_bank(dataset: Any, priors: Mapping[str, PriorLike], method: str, size: int, cache_dir: str | os.PathLike,
                progress: bool = True, sam_checkpoint: str | os.PathLike | None = None, device: str = "cpu",
-               save_every: int = 1000, keep_evolved: bool = True) -> ProposalBank:
+               save_every: int = 1000, keep_evolved: bool = True, read_size: int | None = None) -> ProposalBank:
     """Open (or create) the bank for `method` at side `size` under `cache_dir` and compute the proposals that
     are missing or whose prior changed. A sample without a prior gets the failed-prior (all-zero) map.
 
@@ -280,11 +299,14 @@ def build_bank(dataset: Any, priors: Mapping[str, PriorLike], method: str, size:
     decoded (and, for SAM, embedded) once for all its sentences. Use one cache_dir per dataset.
 
     Maps rewritten by self-evolution are kept (so a resumed run continues from them) unless
-    `keep_evolved=False`, which restarts them from their priors (a new run sharing an old cache)."""
+    `keep_evolved=False`, which restarts them from their priors (a new run sharing an old cache). `size` is the
+    stored side; `read_size` the side the bank returns (default `size`)."""
     root = Path(cache_dir) / f"{method}-s{int(size)}"
     with file_lock(root.with_name(root.name + ".lock")):  # a second builder waits, then finds the maps done
-        return _build_bank(root, dataset, priors, method, size, progress, sam_checkpoint, device, save_every,
+        bank = _build_bank(root, dataset, priors, method, size, progress, sam_checkpoint, device, save_every,
                            keep_evolved)
+    bank.read_size = int(read_size or size)
+    return bank
 
 
 def _build_bank(root: Path, dataset: Any, priors: Mapping[str, PriorLike], method: str, size: int, progress: bool,

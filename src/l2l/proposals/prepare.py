@@ -43,35 +43,37 @@ class BankSpec:
     provider: str = "simulated"
     seed: int = 0
     sam_checkpoint: str | None = None
+    store_size: int = 0  # the stored side (0 = `size`); maps are upsampled to `size` on read
 
     @classmethod
     def from_data(cls, data: Any, size: int) -> BankSpec:
         """From a `DataConfig` (anything with its fields) and the model's input side."""
         return cls(root=str(data.root), method=data.proposal, size=int(size), priors=data.priors or None,
                    provider=data.priors_provider, seed=int(data.priors_seed),
-                   sam_checkpoint=data.sam_checkpoint or None)
+                   sam_checkpoint=data.sam_checkpoint or None, store_size=int(data.bank_side))
 
     def prepare(self, data_id: DataId, cache_dir: str | os.PathLike, progress: bool = False,
                 device: str = "cpu") -> tuple[ProposalBank, dict[str, Prior]]:
         """Build (once, cached) or open the bank of `data_id` in `cache_dir`; also returns the priors."""
         return prepare_bank(self.root, data_id, self.method, self.size, cache_dir, priors=self.priors,
                             provider=self.provider, seed=self.seed, progress=progress,
-                            sam_checkpoint=self.sam_checkpoint, device=device)
+                            sam_checkpoint=self.sam_checkpoint, device=device, store_size=self.store_size)
 
     def path(self, data_id: DataId, cache_dir: str | os.PathLike) -> Path:
         """The bank's directory (open a finished bank read-only with `ProposalBank.open`)."""
-        return data_cache_dir(cache_dir, data_id) / f"{self.method}-s{self.size}"
+        return data_cache_dir(cache_dir, data_id) / f"{self.method}-s{self.store_size or self.size}"
 
 
 def prepare_bank(root: str | os.PathLike, data_id: str | DataId, method: str, size: int,
                  cache_dir: str | os.PathLike, priors: str | os.PathLike | None = None,
                  provider: str = "simulated", seed: int = 0, progress: bool = True,
                  sam_checkpoint: str | os.PathLike | None = None,
-                 device: str = "cpu") -> tuple[ProposalBank, dict[str, Prior]]:
+                 device: str = "cpu", store_size: int = 0) -> tuple[ProposalBank, dict[str, Prior]]:
     """Priors for every sample of `data_id` and the bank of their proposals at side `size`.
 
     `priors` is a priors JSONL; without it `provider` must be "simulated" (synthetic data with ground truth).
-    The bank lives in `<cache_dir>/<dataset>_<split_by>_<split>/<method>-s<size>/`."""
+    The bank lives in `<cache_dir>/<dataset>_<split_by>_<split>/<method>-s<stored side>/`; it stores maps at
+    `store_size` (0 = `size`) and returns them at `size`."""
     data_id = data_id if isinstance(data_id, DataId) else DataId.parse(str(data_id))
     dataset = RESDataset(root, data_id)
     where = data_cache_dir(cache_dir, data_id)
@@ -88,6 +90,6 @@ def prepare_bank(root: str | os.PathLike, data_id: str | DataId, method: str, si
     else:
         raise ConfigError(f"provider {provider!r} is not run during training; run `l2l priors run --provider "
                           f"{provider} ...` once and pass the JSONL it writes as priors")
-    bank = build_bank(dataset, table, method, size, where, progress=progress, sam_checkpoint=sam_checkpoint,
-                      device=device)
+    bank = build_bank(dataset, table, method, int(store_size or size), where, progress=progress,
+                      sam_checkpoint=sam_checkpoint, device=device, read_size=size)
     return bank, table

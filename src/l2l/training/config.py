@@ -65,6 +65,8 @@ class DataConfig:
     """Shared priors/proposal cache (empty = <root>/.l2l_cache); evolving runs copy theirs."""
     sam_checkpoint: str = ""
     """Local SAM checkpoint directory (proposal: sam; SemiRES's candidate masks)."""
+    bank_side: int = 0
+    """Side the proposal banks store maps at (0 = the model's input side); smaller is upsampled on read."""
     max_val_samples: int = 0
     """Evaluate on the first N validation samples (0 = all)."""
     uninformative_confidence: bool = False
@@ -284,6 +286,8 @@ def _validate(cfg: dict[str, Any], source: str) -> None:
     bad = _non_finite(cfg)
     if bad:
         raise ConfigError(f"{source}: {bad[0]}={cfg_value(cfg, bad[0])} is not a finite number")
+    if cfg["data"]["bank_side"] < 0:
+        raise ConfigError(f"{source}: data.bank_side={cfg['data']['bank_side']} must not be negative (0 = model side)")
     if cfg["data"]["max_val_samples"] < 0:
         raise ConfigError(f"{source}: data.max_val_samples={cfg['data']['max_val_samples']} must not be negative "
                           "(0 = the whole validation split)")
