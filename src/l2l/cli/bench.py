@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 EPILOG = """examples:
-  # the quick grid (1% labels, one seed; supervised, prior_only, fixmatch, semires, l2l)
+  # the quick grid (1% labels, one seed, every method)
   l2l bench --quick --root data/shaperefs --out runs/bench_quick
   # the evidence table: 3 ratios x 3 seeds, every method, plus the fully supervised upper bound
   l2l bench --root data/shaperefs --dataset shaperefs --ratios 0.01 0.05 0.1 --seeds 0 1 2 --out runs/bench
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ablations", action="store_true", help="also run the L2L ablations (at the smallest ratio)")
     p.add_argument("--no-full", action="store_true", help="skip the fully supervised (100%%) upper bound")
     p.add_argument("--eval-splits", nargs="+", default=["testA", "testB"])
-    p.add_argument("--quick", action="store_true", help="1%% labels, seed 0, five methods, no upper bound")
+    p.add_argument("--quick", action="store_true", help="1%% labels, seed 0, every method, no upper bound")
     p.add_argument("--images", type=int, default=1500, help="ShapeRefs size when it has to be generated")
     p.add_argument("--out", required=True, help="output directory (results.json, table.md, runs/)")
     p.add_argument("--report-only", action="store_true",
