@@ -284,7 +284,9 @@ def main() -> None:
     path = a.out.with_suffix(".json")
     if path.is_file():
         results = json.loads(path.read_text())["stages"]  # a rerun keeps stages it does not redo
-    argv = [a for a in sys.argv[1:] if not a.startswith("--stages")]
+    argv = ["--root", str(a.root), "--images", str(a.images), "--sentences", str(a.sentences), "--delay", str(a.delay),
+            "--concurrency", *map(str, a.concurrency), "--workers", *map(str, a.workers), "--batches", str(a.batches),
+            "--steps", str(a.steps), "--out", str(a.out)]
     for stage in a.stages:
         print(f"[scale] {stage} ...", file=sys.stderr, flush=True)
         proc = subprocess.run([sys.executable, __file__, *argv, "--stage", stage], capture_output=True, text=True)
