@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -129,6 +130,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_two_ranks(fn: Any, root: Path, run: Path) -> None:
+    """`fn(rank, port, root, run)` in two forked processes (a 2-rank gloo job); fails the test after 120 s."""
+    ctx = torch.multiprocessing.start_processes(fn, args=(_free_port(), root, run), nprocs=2, start_method="fork",
+                                                join=False)
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two-process job did not finish in 120 s")
+
+
 def _rank_main(rank: int, port: int, root: Path, run: Path) -> None:
     """One rank of a 2-process gloo job (what torchrun's environment variables tell each process)."""
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
@@ -147,14 +160,7 @@ def _rank_main(rank: int, port: int, root: Path, run: Path) -> None:
 
 def test_two_gloo_processes_match_one_process_evaluation(root: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
-    ctx = torch.multiprocessing.start_processes(_rank_main, args=(_free_port(), root, run), nprocs=2,
-                                                start_method="fork", join=False)
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the two-process run did not finish in 120 s")
+    _run_two_ranks(_rank_main, root, run)
     per_rank = [json.loads((run / f"rank{r}.json").read_text()) for r in range(2)]
     assert per_rank[0]["digest"] == per_rank[1]["digest"]  # averaged gradients and buffers: one model
     assert per_rank[0]["last"] == per_rank[1]["last"]  # every rank gets the merged metrics
@@ -224,14 +230,7 @@ def test_two_process_self_evolution_writes_the_one_process_bank(root: Path, tmp_
     logs_one = _evolve_once(single)
     assert logs_one["evolve/unlabelled_write_rate"] > 0.5  # the round did write
     run = tmp_path / "ddp"
-    ctx = torch.multiprocessing.start_processes(_evolve_rank, args=(_free_port(), root, run), nprocs=2,
-                                                start_method="fork", join=False)
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the two-process round did not finish in 120 s")
+    _run_two_ranks(_evolve_rank, root, run)
     per_rank = [json.loads((run / f"rank{r}.json").read_text()) for r in range(2)]
     assert per_rank[0] == per_rank[1] == pytest.approx(logs_one)  # every rank logs the merged round
     where = single.train_bank.path.relative_to(tmp_path / "one")
