@@ -187,3 +187,16 @@ def test_results_page_quotes_the_grid_table_and_keeps_its_prose(tmp_path: Path) 
     (out / "table.md").write_text("# Benchmark results\n\n| a | 2.00 |\n")
     update_doc(doc, out)
     assert "| a | 2.00 |" in doc.read_text() and "| a | 1.00 |" not in doc.read_text()
+
+
+def test_rple_plot_reads_the_policy_logs_of_every_run(tmp_path: Path) -> None:
+    from l2l.experiments.figures import plot_rple
+
+    assert not plot_rple(tmp_path, tmp_path / "rple.png")  # no policy logged: nothing drawn
+    for seed in (0, 1):
+        run = tmp_path / "runs" / "l2l" / "r0.01" / f"s{seed}"
+        run.mkdir(parents=True)
+        recs = [{"step": s, "train/rple/proxy_accept_rate": 0.5 + seed * 0.1, "train/rple/chose_reject": 0.1}
+                for s in (10, 20)]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n{torn")
+    assert plot_rple(tmp_path, tmp_path / "rple.png") and (tmp_path / "rple.png").stat().st_size > 0

@@ -26,7 +26,8 @@ def _finish_axes(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def _save_figure(fig: Any, path: Path) -> None:
@@ -118,6 +119,47 @@ def plot_evolution(out: Path, path: Path) -> bool:
     ax.xaxis.get_major_locator().set_params(integer=True)
     _finish_axes(ax, "self-evolution round (0 = the MLLM's proposals)", "pseudo-label mIoU (%)",
                  "Evolving labels (proposal bank) against ground truth")
+    _save_figure(fig, path)
+    return True
+
+
+RPLE_KEYS = (("train/rple/proxy_accept_rate", "accept rate (proxy)"), ("train/rple/proxy_precision", "precision (proxy)"),
+             ("train/rple/proxy_recall", "recall (proxy)"), ("train/rple/chose_teacher", "chose teacher"),
+             ("train/rple/chose_mixture", "chose mixture"), ("train/rple/chose_reject", "chose reject"),
+             ("train/rple/sampled_reward", "sampled reward"), ("train/rple/utility_positive", "utility > 0 share"))
+
+
+def plot_rple(out: Path, path: Path) -> bool:
+    """What the label policy did over training, per run of the l2l family (mean over its seeds): acceptance and
+    precision/recall of accepted labels on the proxy episodes, the chosen sources, the reward. False when no run
+    logged a policy."""
+    curves: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for log in sorted(out.glob("runs/*/*/*/metrics.jsonl")):
+        group = f"{log.parent.parent.parent.name}/{log.parent.parent.name}"
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            for key, label in RPLE_KEYS:
+                if key in rec:
+                    curves.setdefault((group, label), {}).setdefault(int(rec["step"]), []).append(float(rec[key]))
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 4, figsize=(18, 7), squeeze=False)
+    groups = sorted({g for g, _ in curves})
+    for ax, (_, label) in zip(axes.flat, RPLE_KEYS):
+        for i, group in enumerate(groups):
+            by_step = curves.get((group, label))
+            if by_step:
+                xs = sorted(by_step)
+                ax.plot(xs, [statistics.fmean(by_step[x]) for x in xs], color=f"C{i % 10}", label=group)
+        _finish_axes(ax, "step", label, label)
     _save_figure(fig, path)
     return True
 

@@ -212,11 +212,12 @@ def write_outputs(out: Path, records: list[dict[str, Any]], command: str) -> lis
             if any(r["split"] == split and r.get("pick", "best") == pick for r in rows):
                 parts.append(f"## {split}, {pick}\n\n" + table_markdown(rows, split, pick))
     atomic_write_text(out / "table.md", "\n".join(parts))
-    from l2l.experiments.figures import plot_evolution, plot_ratio_curve
+    from l2l.experiments.figures import plot_evolution, plot_ratio_curve, plot_rple
 
     if rows:
         plot_ratio_curve(rows, out / "miou_vs_ratio.png")
     plot_evolution(out, out / "evolution.png")
+    plot_rple(out, out / "rple.png")
     return rows
 
 
