@@ -4,7 +4,7 @@ Reads the per-sentence records (`samples_<split>_<mode>_<pick>.jsonl`) that `l2l
 pair of cells, prints the mIoU difference and the bootstrap std of that difference (resampling sentences, the
 same draw for both methods). A split separates 1 mIoU when that std is well under 1.
 
-    python benchmarks/val_separation.py --grid benchmarks/results/dev_val --split val --mode prior
+    python benchmarks/val_separation.py --grid benchmarks/results/grid --split val --mode prior --pick last
 """
 
 from __future__ import annotations
@@ -26,14 +26,19 @@ def main() -> None:
     parser.add_argument("--grid", type=Path, required=True)
     parser.add_argument("--split", default="val")
     parser.add_argument("--mode", default="prior")
+    parser.add_argument("--pick", default="best", choices=("best", "last"),
+                        help="which of a cell's scored networks (a cell scored once stands for both)")
     parser.add_argument("--draws", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     cells = {}
     for final in sorted(args.grid.glob("runs/*/*/*/final.json")):  # the reported pick; `_last` if one network is both
-        best, last = (final.parent / f"samples_{args.split}_{args.mode}_{p}.jsonl" for p in ("best", "last"))
-        if best.is_file() or last.is_file():
-            cells[final.parent.relative_to(args.grid / "runs").as_posix()] = per_sentence(best if best.is_file() else last)
+        wanted, other = (final.parent / f"samples_{args.split}_{args.mode}_{p}.jsonl"
+                         for p in (args.pick, "last" if args.pick == "best" else "best"))
+        both = not (final.parent / f"samples_{args.split}_{args.mode}_best.jsonl").is_file()  # one network scored
+        path = wanted if wanted.is_file() else (other if both and other.is_file() else None)
+        if path is not None:
+            cells[final.parent.relative_to(args.grid / "runs").as_posix()] = per_sentence(path)
     if len(cells) < 2:
         raise SystemExit(f"need two finished cells with samples_{args.split}_{args.mode}_*.jsonl under {args.grid}/runs")
     rng = np.random.default_rng(0)
@@ -51,7 +56,8 @@ def main() -> None:
         rows.append({"a": a, "b": b, "diff": float((x - y).mean()), "std": float(diff.std()), "single_std": float(single)})
         print(f"| {a} | {b} | {rows[-1]['diff']:+.2f} | {rows[-1]['std']:.2f} | {single:.2f} |")
     if args.out:
-        args.out.write_text(json.dumps({"sentences": len(ids), "split": args.split, "mode": args.mode, "pairs": rows},
+        args.out.write_text(json.dumps({"sentences": len(ids), "split": args.split, "mode": args.mode,
+                                        "pick": args.pick, "pairs": rows},
                                        indent=1))
 
 
