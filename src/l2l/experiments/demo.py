@@ -27,7 +27,7 @@ from l2l.utils.io import make_dir
 
 # The demo shows what training does (the last step's network), so it validates once, at the end; the grid also
 # reports the network val picks among steps 0, 100, 200, ...
-DEMO_OVERRIDES = ("train.max_steps=160", "data.max_val_samples=200", "train.validate_at_start=false",
+DEMO_OVERRIDES = ("train.max_steps=120", "data.max_val_samples=200", "train.validate_at_start=false",
                   "train.val_every_steps=0")
 
 
