@@ -179,7 +179,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from l2l.priors.report import format_report, priors_report, reliability_plot
+    from l2l.evaluation.priors_report import format_report, priors_report, reliability_plot
     from l2l.priors.store import load_priors
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

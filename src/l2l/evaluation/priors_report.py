@@ -2,7 +2,7 @@
 
 Run on data with ground truth (a labelled split, ShapeRefs, RefCOCO val). Every sample of the dataset that
 has a prior is scored; a failed prior scores IoU 0 everywhere, as it would give the pipeline nothing.
-Proposal methods come from `l2l.proposals` (imported here, on use, since it builds on priors).
+It lives in evaluation (it scores priors and proposals against masks), so its imports run downward.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from tqdm import tqdm
 from l2l.data.dataset import RESDataset
 from l2l.errors import ConfigError
 from l2l.priors.prior import Prior, box_iou
+from l2l.proposals import make_proposal
 from l2l.utils.io import atomic_write
 
 DEFAULT_METHODS = ("box", "gaussian", "grabcut")
@@ -50,7 +51,6 @@ def priors_report(priors: dict[str, Prior], dataset: RESDataset, methods: Sequen
     """Score `priors` against `dataset`'s masks; `sam` is a `SamProposer` if "sam" is among `methods`."""
     if not dataset.has_masks:
         raise ConfigError(f"{dataset.data_id}: the report needs masks; use a split with ground truth")
-    from l2l.proposals import make_proposal
 
     indices = [i for i, s in enumerate(dataset.samples) if s.sample_id in priors]
     if limit is not None:
