@@ -4,6 +4,7 @@ metrics line does not block resume, and a run killed right after self-evolution 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,7 @@ def test_threads_follow_the_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     from l2l.utils import threads
 
     monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    monkeypatch.setattr(threads, "_proc_stat_busy", lambda window: None)  # the load-average fallback
     monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
     assert threads.free_cores() == 4
     monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 0.0, 0.0))
@@ -202,3 +204,21 @@ def test_an_output_whose_parent_is_a_file_is_one_line(root: Path, tmp_path: Path
                       "--out", str(blocker / "p.jsonl")], capsys, "cannot write here")
     _one_line_exit_2(["data", "split", "--root", str(root), "--dataset", "shaperefs", "--split-by", "unc",
                       "--ratio", "0.5", "--seed", "0", "--out", str(blocker / "s.json")], capsys, "cannot write here")
+
+
+def test_busy_cores_are_sampled_now_and_see_another_process() -> None:
+    """A CPU-bound process next to us shows up as a busy core in a short /proc/stat sample."""
+    import subprocess
+    import sys
+
+    from l2l.utils import threads
+
+    if threads._proc_stat_busy(0.05) is None:
+        pytest.skip("no /proc/stat here")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # let it start spinning
+        assert threads.others_busy(0.5) >= 0.6
+    finally:
+        spinner.kill()
+        spinner.wait()

@@ -104,7 +104,7 @@ class TrainConfig:
     num_workers: int = 0
     """DataLoader workers per process."""
     threads: int = 0
-    """Intra-op CPU threads per process; 0 = the cores free when the run starts (load average)."""
+    """Intra-op CPU threads per process; 0 = the cores other processes leave free when the run starts."""
     weak_flip: bool = True
     """Random horizontal flip with left/right word swap on training batches."""
     val_every: int = 1

@@ -9,6 +9,7 @@ intra-op thread count from the cores that are idle when a run starts (docs/speed
 from __future__ import annotations
 
 import os
+import time
 
 
 def prefer_passive_wait() -> None:
@@ -26,11 +27,38 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def free_cores() -> int:
-    """Usable cores minus the ones other processes keep busy (the 1-minute load average), at least 1."""
-    cores = usable_cores()
+def _proc_stat_busy(window: float) -> float | None:
+    """Cores busy machine-wide over the next `window` seconds, from /proc/stat (None where it cannot be read)."""
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as fh:
+            ticks = [int(v) for v in fh.readline().split()[1:9]]
+        return sum(ticks), ticks[3] + ticks[4]  # all, idle + iowait
+
     try:
-        load = os.getloadavg()[0]
+        total0, idle0 = snapshot()
+        time.sleep(window)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (1.0 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
+def others_busy(window: float = 0.3) -> float:
+    """Cores other processes keep busy now: /proc/stat sampled while this process sleeps, so its own earlier work
+    (a demo's previous stage, a grid's previous cell) does not count, as it would in the 1-minute load average;
+    the load average where /proc/stat is missing."""
+    busy = _proc_stat_busy(window)
+    if busy is not None:
+        return busy
+    try:
+        return os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average on this platform
-        return cores
-    return max(1, min(cores, cores - int(load + 0.5)))
+        return 0.0
+
+
+def free_cores() -> int:
+    """Usable cores minus the ones other processes keep busy, at least 1."""
+    cores = usable_cores()
+    return max(1, min(cores, cores - int(others_busy() + 0.5)))
