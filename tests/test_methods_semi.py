@@ -277,7 +277,8 @@ def test_self_evolution_writes_the_chosen_label_when_the_proxy_set_agrees(tmp_pa
     u_batches = [make_batch(3, labelled=False, seed=s, prefix="u") for s in (5, 6)]
     l_batches = [make_batch(2, seed=7, prefix="l")]
     bank = _bank(tmp_path, u_batches + l_batches)
-    method = build("l2l", bank=bank, evolve_rounds=2, evolve_start=0.5, evolve_mu=0.5)
+    # two proxy sentences cannot clear a noise margin: evolve_z=0 here, the margin has its own test below
+    method = build("l2l", bank=bank, evolve_rounds=2, evolve_start=0.5, evolve_mu=1.0, evolve_z=0.0)
     _force(method, "teacher")
     context = {"unlabelled_loader": u_batches, "proxy_loader": l_batches}
     assert method.on_epoch_end(0, {**context, "step": 49}) == {}  # before the first round
@@ -294,8 +295,9 @@ def test_self_evolution_writes_the_chosen_label_when_the_proxy_set_agrees(tmp_pa
         method.teacher.reset(method.model)
         p = method.teacher_probs(u_batches[0])[0, 0].numpy()
     logs = method.on_epoch_end(1, {**context, "step": 50})
-    assert logs["evolve/written"] == 1.0 and logs["evolve/proxy_q_miou_after"] >= logs["evolve/proxy_q_miou_before"]
-    np.testing.assert_allclose(bank.get(first), 0.5 * q_before + 0.5 * p, atol=1.5 / 255)
+    assert logs["evolve/written"] == 1.0 and logs["evolve/proxy_q_miou_after"] > logs["evolve/proxy_q_miou_before"]
+    assert not np.allclose(q_before, p, atol=0.05)
+    np.testing.assert_allclose(bank.get(first), p, atol=1.5 / 255)
     assert "evolve/hidden_mIoU" not in logs  # the hidden-mask scorer is the trainer's, never the method's
     assert method.on_epoch_end(2, {**context, "step": 74}) == {}  # round 2 is due at 75
     assert method.evolve_due(75) and not method.evolve_due(74)
@@ -316,6 +318,26 @@ def test_self_evolution_writes_nothing_when_it_would_spoil_the_proxy_labels(tmp_
     assert logs["evolve/proxy_q_miou_after"] < logs["evolve/proxy_q_miou_before"]
     for sid, q in before.items():
         np.testing.assert_array_equal(bank.get(sid), q)
+
+
+@pytest.mark.parametrize("gains, written", [
+    ([0.30, -0.20, 0.25, -0.15, 0.10, -0.05], 0.0),  # mean +0.04 on six sentences: noise, the bank stays
+    ([0.05, 0.04, 0.06, 0.05, 0.03, 0.05], 1.0),     # the same size, every sentence gains: written
+])
+def test_self_evolution_writes_only_a_gain_beyond_the_proxy_noise(tmp_path, gains, written) -> None:  # noqa: ANN001
+    u_batches = [make_batch(3, labelled=False, seed=5, prefix="u")]
+    bank = _bank(tmp_path, u_batches)
+    method = build("l2l", bank=bank, evolve_rounds=1, evolve_start=0.0)
+    proxy = {f"l{i}": {"written": False, "rank": 0, "before": 0.5, "after": 0.5 + g} for i, g in enumerate(gains)}
+    unlabelled = {sid: {"written": True, "rank": 0} for sid in u_batches[0]["sample_ids"]}
+    label = (torch.ones(32, 32), torch.ones(32, 32, dtype=torch.bool))
+    method._evolve = lambda loader, device, step, labelled: (  # noqa: E731 - the outcomes under test
+        (proxy, {}) if labelled else (unlabelled, {sid: label for sid in unlabelled}))
+    before = {sid: bank.get(sid).copy() for sid in unlabelled}
+    logs = method.on_epoch_end(0, {"unlabelled_loader": u_batches, "proxy_loader": [], "step": 0})
+    assert logs["evolve/proxy_gain"] > 0 and logs["evolve/written"] == written
+    changed = any(not np.array_equal(bank.get(sid), q) for sid, q in before.items())
+    assert changed == bool(written)
 
 
 def test_no_evolve_leaves_the_bank_alone(tmp_path) -> None:  # noqa: ANN001
