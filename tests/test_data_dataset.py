@@ -135,3 +135,24 @@ def test_split_file_checks(refer_root: Path, split_file: Path, tmp_path: Path) -
 def test_unknown_split_is_a_data_error(refer_root: Path) -> None:
     with pytest.raises(DataError, match="no refs in split 'testB'"):
         RESDataset(refer_root, "refcoco/unc/testB")
+
+
+def test_a_view_keeps_only_its_own_masks_and_decodes_them_as_pycocotools_does(root: Path) -> None:
+    """RefCOCO-size instance files: a view holds its split's annotations only, polygons as arrays, same masks."""
+    from pycocotools import mask as mask_utils
+
+    raw = json.loads((root / "shaperefs" / "instances.json").read_text())
+    raw_anns = {a["id"]: a for a in raw["annotations"]}
+    sizes = {i["id"]: (i["height"], i["width"]) for i in raw["images"]}
+    ds = RESDataset(root, "shaperefs/unc/val")
+    kept = ds._refer.anns
+    assert set(kept) == {s.ann_id for s in ds.samples} and len(kept) < len(raw_anns)
+    polygons = [a["segmentation"] for a in kept.values() if not isinstance(a["segmentation"], dict)]  # RLE stays
+    assert polygons and all(isinstance(p, np.ndarray) for seg in polygons for p in seg)
+    for i, s in enumerate(ds.samples[:20]):
+        h, w = sizes[s.image_id]
+        seg = raw_anns[s.ann_id]["segmentation"]
+        rle = ({"size": seg["size"], "counts": seg["counts"].encode()} if isinstance(seg, dict)
+               else mask_utils.merge(mask_utils.frPyObjects(seg, h, w)))
+        expected = mask_utils.decode(rle).astype(bool)
+        np.testing.assert_array_equal(ds.mask(i), expected)

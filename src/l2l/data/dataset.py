@@ -122,6 +122,7 @@ class RESDataset(Dataset):
                         height=int(img["height"]),
                     )
                 )
+        refer.keep_only({s.ann_id for s in self.samples})
         self.has_masks = subset != "unlabelled"
         # The unlabelled view drops the reader entirely: nothing reachable from it can decode a mask.
         self._refer: ReferData | None = refer if self.has_masks else None

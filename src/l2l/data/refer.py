@@ -117,6 +117,19 @@ def load_refs_pickle(path: str | Path) -> Any:
         raise DataError(f"{path}: not a readable refs pickle ({type(exc).__name__}: {exc})") from None
 
 
+def _compact_polygons(seg: Any) -> Any:
+    """Polygons as float64 arrays instead of lists of Python floats (a quarter of the memory: RefCOCO-size
+    instance files hold tens of millions of coordinates); anything else, malformed polygons included, stays as
+    it is for `_ann_rle` to check when the mask is first asked for."""
+    if not isinstance(seg, list) or not all(isinstance(p, list) for p in seg):
+        return seg
+    try:
+        arrays = [np.asarray(p, dtype=np.float64) for p in seg]
+    except (TypeError, ValueError):
+        return seg
+    return arrays if all(a.ndim == 1 for a in arrays) else seg
+
+
 def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: instances file not found")
@@ -185,11 +198,19 @@ class ReferData:
             if not all(math.isfinite(float(v)) for v in bbox) or bbox[2] < 0 or bbox[3] < 0:
                 raise DataError(f"{where}: annotation id {ann['id']} has a bbox {list(bbox)} with a negative or "
                                 "non-finite width/height (COCO boxes are [x, y, w, h])")
+            ann["segmentation"] = _compact_polygons(ann["segmentation"])
             self.anns[ann["id"]] = ann
         for i, cat in enumerate(instances["categories"]):
             if not isinstance(cat, dict) or not _is_int(cat.get("id")) or "name" not in cat:
                 raise DataError(f"{where}: categories[{i}] needs an integer id and a name")
             self.cats[cat["id"]] = str(cat["name"])
+
+    def keep_only(self, ann_ids: set[int]) -> None:
+        """Drop every annotation but `ann_ids` (and the refs of the others): a dataset view keeps the masks of its
+        own split only, not RefCOCO's whole instances file once per view and loader worker."""
+        self.anns = {k: v for k, v in self.anns.items() if k in ann_ids}
+        self.refs = [r for r in self.refs if int(r["ann_id"]) in ann_ids]
+        self.refs_by_id = {int(r["ref_id"]): r for r in self.refs}
 
     def _check_refs(self, refs: Any) -> list[dict]:
         where = self.refs_path
@@ -275,7 +296,7 @@ class ReferData:
             if not seg:
                 raise DataError(f"{entry} has an empty segmentation")
             for k, poly in enumerate(seg):
-                if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                if not isinstance(poly, (list, np.ndarray)) or len(poly) < 6 or len(poly) % 2:
                     raise DataError(f"{entry}: polygon {k} needs an even number (>= 6) of coordinates")
                 try:
                     xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
