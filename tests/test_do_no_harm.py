@@ -14,12 +14,13 @@ from l2l.model import ModelConfig, RESModel
 from l2l.proposals import prepare_bank
 
 
-@pytest.mark.parametrize("vision", ["tiny", "efficientnet-lite0"])
+@pytest.mark.parametrize("vision, fusion", [("tiny", "add"), ("efficientnet-lite0", "add"), ("tiny", "gate")])
 def test_untrained_network_with_priors_scores_as_prior_only(root: Path, tmp_path: Path, one_thread: None,
-                                                             vision: str) -> None:
+                                                             vision: str, fusion: str) -> None:
     torch.manual_seed(0)
     config = ModelConfig(vision=vision, text="tiny", image_size=64, dim=16, decoder_dim=16, refine_dim=8,
-                         pretrained=False, use_sesm=True, guidance_dropout=0.3, channels_last=False)
+                         pretrained=False, use_sesm=True, guidance_dropout=0.3, channels_last=False,
+                         prior_fusion=fusion)
     model = RESModel(config).eval()
     data_id = DataId("shaperefs", "unc", "val")
     dataset = RESDataset(root, data_id)

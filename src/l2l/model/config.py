@@ -20,6 +20,7 @@ TEXT_CHOICES = ("minilm", "tiny")
 
 
 MAX_IMAGE_SIZE = 2048  # a larger square input is a typo, not a model: it would exhaust memory before any check
+PRIOR_FUSIONS = ("add", "gate")
 
 @dataclass
 class ModelConfig:
@@ -49,6 +50,10 @@ class ModelConfig:
     """Initialise packaged encoders (`efficientnet-lite0`, `minilm`) from their shipped weights."""
     use_sesm: bool = True
     """Self-Evolving Segmentation Module: proposal guidance at every stage; False = no prior input (ablation)."""
+    prior_fusion: str = "add"
+    """How the with-priors output uses the proposal: `add` = s logit(q) + c (a stride-4 correction, upsampled);
+    `gate` = g s logit(q) + (1 - g) c (a stride-4 trust gate g, starting at 0.95): where g stays high the
+    proposal's own sub-pixel edges survive, where a correction adds to them they move."""
     guidance_dropout: float = 0.3
     """Training-time probability of dropping a sample's proposal, so the network also works prior-free."""
     text_cache_size: int = 8192
@@ -81,6 +86,8 @@ class ModelConfig:
             raise ConfigError(f"model.image_size={self.image_size}: must be a multiple of 32 (the coarsest stride)")
         if self.dim % self.fusion_heads:
             raise ConfigError(f"model.dim={self.dim} is not divisible by model.fusion_heads={self.fusion_heads}")
+        if self.prior_fusion not in PRIOR_FUSIONS:
+            raise ConfigError(f"model.prior_fusion={self.prior_fusion!r}: expected one of {', '.join(PRIOR_FUSIONS)}")
         p = self.guidance_dropout
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ConfigError(f"model.guidance_dropout={self.guidance_dropout!r}: expected a probability in [0, 1]")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -47,6 +48,7 @@ HF_VISION_DIR = "hf_vision"
 HF_TEXT_DIR = "hf_text"
 
 
+GATE_BIAS = math.log(0.95 / 0.05)  # the `gate` fusion's initial trust in the proposal
 PRIOR_EPS = 1e-3  # proposals are clamped to [eps, 1 - eps] before the logit (|logit| <= 6.9)
 EMPTY_BIAS = -4.0  # prior-free head bias at init: sigmoid(-4) = 0.018, an (almost) empty mask, as prior_only says
 
@@ -150,7 +152,7 @@ class Decoder(nn.Module):
     starts at `EMPTY_BIAS` (an empty mask, as focal-loss detectors initialise rare classes).
     """
 
-    def __init__(self, dim: int, decoder_dim: int, with_prior: bool = False) -> None:
+    def __init__(self, dim: int, decoder_dim: int, with_prior: bool = False, gate: bool = False) -> None:
         super().__init__()
         # no lateral projection when widths agree: at stride 4 a 1x1 conv costs as much as a backbone block
         self.lateral = nn.ModuleList([nn.Conv2d(dim, decoder_dim, 1) if dim != decoder_dim else nn.Identity()
@@ -162,15 +164,21 @@ class Decoder(nn.Module):
         if self.prior_head is not None:
             nn.init.zeros_(self.prior_head.weight)
             nn.init.zeros_(self.prior_head.bias)
+        # `gate`: a per-pixel trust in the proposal, sigmoid(GATE_BIAS) = 0.95 everywhere at the start
+        self.gate_head = nn.Conv2d(decoder_dim, 1, 1) if with_prior and gate else None
+        if self.gate_head is not None:
+            nn.init.zeros_(self.gate_head.weight)
+            nn.init.constant_(self.gate_head.bias, GATE_BIAS)
 
-    def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-        """-> (stride-4 features, stride-4 prior-free logits, stride-4 correction of logit(q) or None)."""
+    def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """-> (stride-4 features, prior-free logits, correction of logit(q) or None, gate logits or None)."""
         top = self.blocks[3](self.lateral[3](feats[3]))
         for i in (2, 1, 0):
             lateral = self.lateral[i](feats[i])
             top = F.interpolate(top, size=lateral.shape[-2:], mode="bilinear", align_corners=False) + lateral
             top = self.blocks[i](top)
-        return top, self.head(top), None if self.prior_head is None else self.prior_head(top)
+        correction = None if self.prior_head is None else self.prior_head(top)
+        return top, self.head(top), correction, None if self.gate_head is None else self.gate_head(top)
 
 
 class RefineHead(nn.Module):
@@ -225,7 +233,8 @@ class RESModel(nn.Module):
         # gated feedback into the next stage: stages 1-3 only (nothing follows stage 4)
         self.residual = nn.ModuleList([GatedResidual(config.dim, c) for c in channels[:3]]) if self.staged else None
         self.sesm = nn.ModuleList([SESM(config.dim, self.text.dim) for _ in channels]) if config.use_sesm else None
-        self.decoder = Decoder(config.dim, config.decoder_dim, with_prior=config.use_sesm)
+        self.decoder = Decoder(config.dim, config.decoder_dim, with_prior=config.use_sesm,
+                               gate=config.prior_fusion == "gate")
         self.refine = RefineHead(config.decoder_dim, config.refine_dim) if config.refine_dim else None
         # Prior residual: with a proposal, the output starts from logit(q) at full resolution and the decoder's
         # `prior_head` learns the correction (wrong object, wrong extent); the refine head then corrects at full
@@ -299,11 +308,16 @@ class RESModel(nn.Module):
         else:
             for i, v in enumerate(self.vision(pixel_values)):
                 fuse(i, v)
-        feat, coarse, correction = self.decoder(multimodal)
+        feat, coarse, correction, gate = self.decoder(multimodal)
         logits = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
         if self.prior_out_scale is not None and use is not None and correction is not None:
-            with_prior = self.prior_out_scale * prior_logits(q) + F.interpolate(
-                correction, size=size, mode="bilinear", align_corners=False)
+            prior = self.prior_out_scale * prior_logits(q)
+            correction = F.interpolate(correction, size=size, mode="bilinear", align_corners=False)
+            if gate is None:
+                with_prior = prior + correction
+            else:  # the gate is smooth (stride 4) but multiplies the sharp logit(q): trusted edges stay put
+                g = torch.sigmoid(F.interpolate(gate, size=size, mode="bilinear", align_corners=False))
+                with_prior = g * prior + (1.0 - g) * correction
             logits = torch.where(use > 0, with_prior.to(logits.dtype), logits)
         if self.refine is not None:
             logits = self.refine(feat, logits, pixel_values)
