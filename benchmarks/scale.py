@@ -297,7 +297,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--batches", type=int, default=30, help="loader batches (of 16) timed per worker count")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps of the two-process run")
-    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    p.add_argument("--stages", nargs="*", default=list(STAGES), choices=list(STAGES),
+                   help="stages to (re)run; the others keep their results; none: rewrite the tables only")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/scale"))
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # internal: run one stage in this process
     a = p.parse_args()
@@ -324,7 +325,8 @@ def main() -> None:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"images": a.images, "stages": results, "cpus": os.cpu_count()}, indent=2) + "\n")
     lines = [f"# Scale rehearsal ({a.images:,} ShapeRefs images, {os.cpu_count()} CPU cores)", "",
-             f"Command: `python benchmarks/scale.py --root {a.root} --images {a.images}`", "",
+             f"Command: `python benchmarks/scale.py --root {a.root} --images {a.images}` (a stage's row is from the "
+             "last run that ran it: `--stages NAME` reruns one)", "",
              "| stage | wall s | rate | peak RSS MB | disk MB |", "|---|---|---|---|---|"]
     for stage, r in results.items():
         if "rows" in r:
@@ -333,7 +335,8 @@ def main() -> None:
                 lines.append(f"| {stage} ({label}) | {row['seconds']:.1f} | {row['rate']:.2f} {r['unit']} | "
                              f"{r['peak_rss_mb']:.0f} | - |")
         else:
-            lines.append(f"| {stage} | {r['seconds']:.1f} | {r['rate']:.2f} {r['unit']} | {r['peak_rss_mb']:.0f} | "
+            peak = r.get("rank_peak_rss_mb", r["peak_rss_mb"])  # ddp: the largest rank, not the launcher
+            lines.append(f"| {stage} | {r['seconds']:.1f} | {r['rate']:.2f} {r['unit']} | {peak:.0f} | "
                          f"{r.get('disk_mb', 0):.0f} |")
     if "synth" in results:
         lines += ["", "Counts: " + "; ".join(f"{s}: {c['images']:,} images, {c['refs']:,} refs, {c['sentences']:,} "
