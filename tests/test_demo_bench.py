@@ -115,6 +115,10 @@ def test_bench_grid_resumes_and_writes_table(root: Path, tmp_path: Path) -> None
     assert json.loads((out / "results.json").read_text()) == results
     assert not (out / "runs" / "supervised" / "r0.25" / "s2").exists()
     assert "--report-only" not in (out / "table.md").read_text()
+    # a finished cell is reused only with the config it was trained with (where and how fast it ran may differ)
+    assert main(["bench", "train.threads=1", *args[1:]]) == 0
+    assert main([*args, "method.dice_weight=0.5"]) == 2  # after --eval-splits: still an override
+    assert final.stat().st_mtime_ns == stamp
 
 
 def test_bench_jobs_runs_cells_in_parallel_processes(root: Path, tmp_path: Path) -> None:

@@ -396,3 +396,22 @@ def test_l2l_on_the_real_tiny_network() -> None:
     out.loss.backward()
     assert model.decoder.head.weight.grad is not None and model.refine.head.weight.grad is not None
     assert "loss_guide_l" in out.logs
+
+
+@pytest.mark.parametrize(("dice", "settles_at_target"), [(0.0, True), (1.0, False)])
+def test_soft_pseudo_label_loss_settles_at_its_target_only_without_dice(dice: float, settles_at_target: bool) -> None:
+    """Gradient descent on free logits toward a soft proposal (a blurred disc): soft BCE alone recovers the
+    proposal's soft edge; with soft Dice the edge is sharpened away from it (why `pseudo_dice_weight` exists)."""
+    from l2l.methods.losses import pseudo_label_loss
+
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    radius = ((yy - 15.5) ** 2 + (xx - 15.5) ** 2).sqrt()
+    target = torch.sigmoid((8.0 - radius) / 1.5).view(1, 1, 32, 32)
+    logits = torch.zeros_like(target, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(1500):
+        opt.zero_grad()
+        pseudo_label_loss(logits, target, torch.ones_like(target), dice_weight=dice).backward()
+        opt.step()
+    gap = (torch.sigmoid(logits) - target).abs().max().item()
+    assert (gap < 0.02) == settles_at_target, gap

@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from l2l.cli.common import positive_int
+
 EPILOG = """examples:
   # the quick grid (1% labels, one seed, every method)
   l2l bench --quick --root data/shaperefs --out runs/bench_quick
@@ -17,18 +19,8 @@ EPILOG = """examples:
       --eval-splits testA testB --out runs/bench_refcoco data.priors=/data/priors/refcoco_unc.jsonl
   # two cells at once, each in its own process with one torch thread (proposal banks are built first)
   l2l bench --quick --root data/shaperefs --out runs/bench_quick --jobs 2
-A finished cell (runs/<method>/r<ratio>/s<seed>/final.json) is never redone; an unfinished one resumes."""
-
-
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1 (argparse reports anything else as a usage error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+A finished cell (runs/<method>/r<ratio>/s<seed>/final.json) is never redone; an unfinished one resumes.
+A finished cell whose config.yaml differs from what the grid now asks (a changed default or override) is refused."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (results.json, table.md, runs/)")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild results.json / table.md from the finished cells of this grid; train nothing")
-    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="cells to train at once, each in its own process with train.threads=1 unless set "
                         "(default 1: one after the other in this process)")
     p.add_argument("--doc", type=Path, default=None, metavar="MD",
@@ -74,6 +66,15 @@ def run(args: argparse.Namespace) -> int:
     from l2l.experiments.grid import ALL_METHODS, QUICK_METHODS, grid_cells, report_grid, run_grid, update_doc
     from l2l.data.shaperefs import ensure_shaperefs
 
+    # `--eval-splits val train.lr=1e-4`: argparse gives a trailing override to the list option before it
+    for name in ("eval_splits", "methods"):
+        values = getattr(args, name) or []
+        args.overrides = [*args.overrides, *(v for v in values if "=" in v)]
+        if values:
+            setattr(args, name, [v for v in values if "=" not in v])
+    if not args.eval_splits:
+        print("l2l bench: --eval-splits names no split", file=sys.stderr)
+        return 2
     root = Path(args.root)
     if args.dataset == "shaperefs":
         ensure_shaperefs(root, args.images, log=lambda m: print(m, file=sys.stderr))

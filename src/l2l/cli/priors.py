@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from l2l.cli.common import group_help
+from l2l.cli.common import group_help, positive_int
 from l2l.data.dataset import DataId, RESDataset
 from l2l.errors import ConfigError
 from l2l.priors.base import PROVIDER_NAMES, PriorProvider
@@ -26,17 +26,6 @@ Rerunning the same command resumes: sample ids already in --out are skipped."""
 
 REPORT_EXAMPLE = """Example:
   l2l priors report --priors priors/shaperefs_val.jsonl --root data --data shaperefs/unc/val --out reports/val"""
-
-
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1 (anything else is a usage error, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--subset", choices=("all", "labelled", "unlabelled"),
                      help="which samples (default: all, or unlabelled with --split-file)")
     run.add_argument("--batch-size", type=int, help="requests per batch (default: the provider's)")
-    run.add_argument("--limit", type=_positive_int, help="only the first N samples (a quick trial)")
+    run.add_argument("--limit", type=positive_int, help="only the first N samples (a quick trial)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--retry-failed", action="store_true",
                      help="also ask again for priors whose model answer failed (transport failures always are)")
@@ -100,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="proposal methods to score, comma separated; '' for none (default box,gaussian,grabcut)")
     report.add_argument("--sam-checkpoint", type=Path, help="local SAM checkpoint (needed for method sam)")
     report.add_argument("--bins", type=int, default=10, help="confidence bins (default 10)")
-    report.add_argument("--limit", type=_positive_int, help="score only the first N samples with priors")
+    report.add_argument("--limit", type=positive_int, help="score only the first N samples with priors")
     report.add_argument("--no-progress", action="store_true", help="no progress bar")
     report.set_defaults(func=_cmd_report)
 

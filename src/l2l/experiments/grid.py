@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from l2l.data.dataset import DataId, RESDataset
+from l2l.errors import ConfigError
 from l2l.evaluation.evaluator import evaluate
 from l2l.evaluation.metric import METRIC_KEYS
 from l2l.methods import METHODS, get_method_class
@@ -87,6 +88,38 @@ def _cell_config(
     )
 
 
+# Where and how fast a cell ran, not what it learnt: a finished cell stays valid when only these differ.
+PLACE_KEYS = frozenset({"data.root", "data.cache_dir", "train.threads", "train.num_workers", "train.device",
+                        "train.eval_batch_size", "train.log_every"})
+
+
+def _flat(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_finished_cell(run_dir: Path, cfg: dict[str, Any]) -> None:
+    """Refuse a finished cell whose stored `config.yaml` differs from what the grid asks now (a changed default or
+    override), so that a table never mixes cells of two configs. Cells without a stored config are trusted."""
+    import yaml
+
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        return
+    old = _flat(yaml.safe_load(stored.read_text(encoding="utf-8")) or {})
+    new = _flat(cfg)
+    diff = sorted(k for k in old.keys() | new.keys() if k not in PLACE_KEYS and old.get(k) != new.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
+        raise ConfigError(f"{run_dir}: this finished cell was trained with another config ({shown}"
+                          f"{', ...' if len(diff) > 4 else ''}); delete the cell or give the grid another --out")
+
+
 def run_one(
     config: str | Path,
     root: str | Path,
@@ -106,9 +139,10 @@ def run_one(
 
     run_dir = run_dir_for(out, method, ratio, seed)
     final = run_dir / "final.json"
-    if final.is_file():
-        return json.loads(final.read_text(encoding="utf-8"))
     cfg = _cell_config(config, root, dataset, split_by, method, ratio, seed, overrides)
+    if final.is_file():
+        check_finished_cell(run_dir, cfg)
+        return json.loads(final.read_text(encoding="utf-8"))
     t0 = time.perf_counter()
     trainer = Trainer(cfg, run_dir)
     summary = trainer.fit()

@@ -235,7 +235,7 @@ class L2LMethod(TeacherStudentMethod):
             return logits_u.new_zeros(logits_u.shape[0], labels_u.shape[1])
         directional = torch.autograd.grad(inner, w)[0].detach().float()
         e = per_sample_loss_grad(logits_u.detach(), labels_u, self.opts.ce_weight,
-                                 self.opts.dice_weight)
+                                 self.opts.pseudo_dice_weight)
         return (e * directional).flatten(2).sum(-1)
 
     # -- the step ---------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ class PriorLabelMethod(Method):
         weight = has_proposal_weight(batch_u, logits_u)
         lam = self.opts.lambda_u * sigmoid_rampup(step, self.opts.rampup * self.total_steps)
         loss_u = pseudo_label_loss(logits_u, target, weight, ce_weight=self.opts.ce_weight,
-                                   dice_weight=self.opts.dice_weight)
+                                   dice_weight=self.opts.pseudo_dice_weight)
         loss = loss + lam * loss_u
         logs["loss_unsup"] = float(loss_u.detach())
         logs.update({"lambda_u": lam, "loss": float(loss.detach())})

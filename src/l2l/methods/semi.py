@@ -127,6 +127,10 @@ class UnlabelledOptions(LossOptions):
     """Fraction of training over which lambda_u ramps up from ~0."""
     seed: int = 0
     """Seed of the strong-view (and RPLE) generators; the config sets it to the run's seed unless given."""
+    pseudo_dice_weight: float = 1.0
+    """Dice weight on soft pseudo-labels (the labelled loss keeps `dice_weight`). Soft BCE is minimised where the
+    prediction equals a soft target; soft Dice is not (it pushes a pixel toward 1 when its target exceeds half the
+    Dice score), so on a soft proposal Dice sharpens the edges that the proposal got right."""
 
 
 @dataclass
@@ -182,7 +186,7 @@ class TeacherStudentMethod(Method):
         pseudo-label would come from the prior-free teacher alone, the weakest source there is."""
         weight = weight.float() * has_proposal_weight(batch_u, logits)
         return pseudo_label_loss(logits, target, weight, ce_weight=self.opts.ce_weight,
-                                 dice_weight=self.opts.dice_weight)
+                                 dice_weight=self.opts.pseudo_dice_weight)
 
     def supervised(self, out_l: dict, batch_l: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """`L_sup + lambda_g * L_guide` on the labelled part, as in the supervised baseline."""
