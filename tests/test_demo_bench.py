@@ -118,6 +118,11 @@ def test_bench_grid_resumes_and_writes_table(root: Path, tmp_path: Path) -> None
     # a finished cell is reused only with the config it was trained with (where and how fast it ran may differ)
     assert main(["bench", "train.threads=1", *args[1:]]) == 0
     assert main([*args, "method.dice_weight=0.5"]) == 2  # after --eval-splits: still an override
+    # a knob added after the cell ran (absent from its config.yaml) is fine at its default, refused otherwise
+    stored = final.parent / "config.yaml"
+    stored.write_text("".join(ln for ln in stored.read_text().splitlines(True) if "dice_weight" not in ln))
+    assert main(args) == 0
+    assert main([*args, "method.dice_weight=0.5"]) == 2
     assert final.stat().st_mtime_ns == stamp
 
 

@@ -105,14 +105,21 @@ def _flat(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def check_finished_cell(run_dir: Path, cfg: dict[str, Any]) -> None:
     """Refuse a finished cell whose stored `config.yaml` differs from what the grid asks now (a changed default or
-    override), so that a table never mixes cells of two configs. Cells without a stored config are trusted."""
+    override), so that a table never mixes cells of two configs. Cells without a stored config are trusted; a key
+    the stored config lacks (a knob added since) must have its code default, which keeps the old behaviour."""
     import yaml
+
+    from l2l.training.config import resolve_config
 
     stored = run_dir / "config.yaml"
     if not stored.is_file():
         return
     old = _flat(yaml.safe_load(stored.read_text(encoding="utf-8")) or {})
     new = _flat(cfg)
+    default = _flat(resolve_config({"method": {"name": cfg["method"]["name"]}}))
+    for key in new.keys() - old.keys():
+        if key in default:
+            old[key] = default[key]
     diff = sorted(k for k in old.keys() | new.keys() if k not in PLACE_KEYS and old.get(k) != new.get(k))
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
