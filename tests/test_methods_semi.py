@@ -256,6 +256,20 @@ def test_no_rple_keeps_confident_mixture_pixels() -> None:
     assert bool((weight[1] == 0).all())  # its prior failed
 
 
+@pytest.mark.parametrize("every_source", [False, True])
+def test_the_pixel_mask_reaches_the_policys_label_only_when_asked(every_source: bool) -> None:
+    method = build("l2l", fixed_threshold=0.9, alpha_start=0.5, alpha_end=0.5, threshold_every_source=every_source)
+    _force(method, "mixture")
+    batch = make_batch(2, seed=1)
+    p = torch.full_like(batch["proposal"], 1.0)
+    batch["proposal"] = torch.zeros_like(p)
+    batch["proposal"][:, 0, :, :16] = 1.0  # the mixture is sure on the left half (1.0), unsure on the right (0.5)
+    batch["has_proposal"] = torch.ones_like(batch["has_proposal"])
+    target, weight = method.pseudo_labels(batch, p, method.decide(batch, p, 0), 0)
+    assert bool((weight[:, 0, :, :16] == 1).all())
+    assert bool((weight[:, 0, :, 16:] == (0 if every_source else 1)).all())
+
+
 def _bank(tmp_path, batches):  # noqa: ANN001, ANN202 - test helper
     from l2l.proposals.bank import ProposalBank
 

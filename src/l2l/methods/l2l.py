@@ -142,6 +142,9 @@ class L2LOptions(TeacherStudentOptions):
     """Cross-fitting folds of the labelled images (1 = no hold-out: every labelled row is proxy)."""
     fixed_threshold: float = 0.9
     """l2l_no_rple: accept mixture pixels where max(m, 1 - m) >= this."""
+    threshold_every_source: bool = False
+    """Apply `fixed_threshold`'s pixel mask to the label of every selector (RPLE's and the classifier's chosen
+    source too), so that the policy decides per sample which source and the mask which of its pixels are sure."""
     evolve_rounds: int = 2
     """Self-evolution rounds over the run (0 = never), evenly spaced in steps ..."""
     evolve_start: float = 0.4
@@ -216,7 +219,7 @@ class L2LMethod(TeacherStudentMethod):
         pick = decisions.clamp_max(labels.shape[1] - 1).to(p.device)
         target = labels[torch.arange(p.shape[0], device=p.device), pick][:, None]
         weight = (decisions != REJECT).to(p.device).float().view(-1, 1, 1, 1).expand_as(target).clone()
-        if self.rple is None:
+        if self.rple is None or self.opts.threshold_every_source:
             weight = weight * (torch.maximum(target, 1.0 - target) >= self.opts.fixed_threshold).float()
         return target, weight * has_proposal_weight(batch, target)
 
