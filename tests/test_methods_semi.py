@@ -258,7 +258,7 @@ def test_no_rple_keeps_confident_mixture_pixels() -> None:
 
 @pytest.mark.parametrize("every_source", [False, True])
 def test_the_pixel_mask_reaches_the_policys_label_only_when_asked(every_source: bool) -> None:
-    method = build("l2l", fixed_threshold=0.9, alpha_start=0.5, alpha_end=0.5, threshold_every_source=every_source)
+    method = build("l2l", alpha_start=0.5, alpha_end=0.5, threshold_every_source=every_source)
     _force(method, "mixture")
     batch = make_batch(2, seed=1)
     p = torch.full_like(batch["proposal"], 1.0)
