@@ -40,7 +40,8 @@ def _loss_unsup(name: str, batch_u: dict, step: int) -> float:
     torch.manual_seed(0)
     model = StandInModel().eval()  # BatchNorm in eval: one sample's pixels cannot move another's logits
     cfg = {"semires": {"burn_in": 0.0}, "semires_mllm": {"burn_in": 0.0},
-           "fixmatch": {"threshold": 0.5}, "l2l_no_rple": {"fixed_threshold": 0.5}}.get(name, {})  # an untrained stand-in is never 0.95 sure
+           "fixmatch": {"threshold": 0.5}, "l2l_no_rple": {"fixed_threshold": 0.5},
+           "l2l": {"fixed_threshold": 0.5}}.get(name, {})  # an untrained stand-in is never 0.95 sure
     method = build_method(name, model, cfg, 100)
     out = method.train_step(make_batch(3, labelled=True, seed=1), batch_u, step)
     return out.logs["loss_unsup"]
