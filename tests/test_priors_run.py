@@ -12,6 +12,7 @@ from l2l.cli.main import main
 from l2l.data.dataset import RESDataset
 from l2l.data.refer import ReferData
 from l2l.errors import DataError
+from l2l.evaluation.priors_report import calibration
 from l2l.priors import Prior, PriorRequest, PriorsFile, box_iou, load_priors, read_priors
 from l2l.priors.jsonl import JsonlProvider
 from l2l.priors.run import run_priors
@@ -105,12 +106,24 @@ def test_simulated_calibration_and_error_model(refer_root: Path) -> None:
     assert 0.86 <= right.mean() <= 0.94
     conf = np.array([p.confidence for p in priors])
     assert conf[right].mean() > conf[~right].mean() + 0.2
+    assert calibration(conf, right)["auroc"] > 0.8  # the confidence ranks right boxes above wrong ones
+    assert calibration(np.full_like(conf, 0.5), right)["auroc"] == 0.5  # l2l_uninformative_conf's priors
     failed = [p for p in priors if not p.ok]
     assert 0.01 < len(failed) / len(priors) < 0.06 and all(p.reason == "simulated miss: no box" for p in failed)
     masks = {s.ann_id: refer.ann_mask(s.ann_id) for s in ds.samples}
     on_object = [masks[r.sample.ann_id][int(p.points[0][1]), int(p.points[0][0])]
                  for p, r in zip(priors, many) if p.ok and json.loads(p.raw)["simulation"] == "right object"]
     assert 0.8 < np.mean(on_object) < 0.97  # point_off_object_rate 0.1 (and tiny fixture objects)
+
+
+def test_auroc_is_the_share_of_right_wrong_pairs_ranked_right() -> None:
+    """Brute force over every (right box, wrong box) pair: the right one's confidence is higher (a tie counts 1/2)."""
+    rng = np.random.default_rng(0)
+    conf = rng.choice([0.2, 0.5, 0.6, 0.9], size=60)
+    right = rng.random(60) < conf
+    pairs = [(a > b) + 0.5 * (a == b) for a in conf[right] for b in conf[~right]]
+    assert calibration(conf, right)["auroc"] == pytest.approx(np.mean(pairs))
+    assert calibration(conf, np.ones(60, bool))["auroc"] is None
 
 
 def test_simulated_wrong_objects_prefer_the_same_category(tmp_path: Path) -> None:

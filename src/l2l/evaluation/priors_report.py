@@ -30,7 +30,11 @@ def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict[str, Any]:
-    """Accuracy per equal-width confidence bin, and the expected calibration error (ECE)."""
+    """Accuracy per equal-width confidence bin, the expected calibration error (ECE), and the AUROC of the
+    confidence for box correctness: what a learned label policy can get from it, whatever its calibration
+    (0.5 = no information; None when every box is right or every box wrong)."""
+    from sklearn.metrics import roc_auc_score
+
     edges = np.linspace(0.0, 1.0, bins + 1)
     idx = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
     rows, ece = [], 0.0
@@ -43,7 +47,9 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> 
             ece += n / len(confidence) * abs(acc - conf)
         rows.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": n, "accuracy": acc,
                      "mean_confidence": conf})
-    return {"bins": rows, "ece": float(ece) if len(confidence) else None}
+    both = 0 < int(np.sum(correct)) < len(correct)
+    return {"bins": rows, "ece": float(ece) if len(confidence) else None,
+            "auroc": float(roc_auc_score(correct, confidence)) if both else None}
 
 
 def priors_report(priors: dict[str, Prior], dataset: RESDataset, methods: Sequence[str] = DEFAULT_METHODS,
@@ -114,7 +120,8 @@ def format_report(r: dict[str, Any]) -> str:
             ms = "-" if v["ms_per_sample"] is None else f"{v['ms_per_sample']:.1f}"
             lines.append(f"{m:<10} {_fmt(v['mIoU']):>8} {ms:>10}")
     cal = r["calibration"]
-    lines += ["", f"confidence calibration (ECE {_fmt(cal['ece'], pct=False)})",
+    lines += ["", f"confidence calibration (ECE {_fmt(cal['ece'], pct=False)}; AUROC for a right box "
+                  f"{_fmt(cal.get('auroc'), pct=False)})",
               f"{'confidence':<12} {'count':>6} {'acc@0.5 %':>10} {'mean conf':>10}"]
     for b in cal["bins"]:
         if b["count"]:
