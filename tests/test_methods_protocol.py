@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from l2l.methods import METHODS, build_method
-from l2l.methods.semires import match_candidates
+from l2l.proposals.candidates import match_candidates
 from l2l.training.config import resolve_config
 from methods_standin import StandInModel, make_batch
 
@@ -132,6 +132,42 @@ def test_candidates_read_boxes_never_masks(root: Path, tmp_path: Path) -> None:
     again = prepare_candidates(copy, "shaperefs/unc/val", 32, tmp_path / "cache")
     first = next(iter(bank.by_image))
     assert all((a == b).all() for a, b in zip(bank.get(first), again.get(first)))
+
+
+def test_matched_labels_replace_a_proposal_by_the_candidate_it_matches(root: Path, tmp_path: Path) -> None:
+    """`data.label_init=iom`: a proposal with a candidate at IoU > 0.5 becomes that candidate, the others stay; on
+    ShapeRefs the labels get closer to the hidden masks; the bank is built once."""
+    import numpy as np
+
+    from l2l.data.dataset import DataId, RESDataset
+    from l2l.evaluation.pseudo import hidden_label_scorer
+    from l2l.proposals import BankSpec
+    from l2l.proposals.candidates import matched_labels, prepare_candidates
+
+    did = DataId.parse("shaperefs/unc/train")
+    cache = tmp_path / "cache"
+    bank, _ = BankSpec(root=str(root), method="box", size=32).prepare(did, cache)
+    cands = prepare_candidates(root, did, 32, cache)
+    ds = RESDataset(root, did)
+    labels = matched_labels(bank, cands, ds, "iom")
+
+    def iou(a: np.ndarray, b: np.ndarray) -> float:
+        return float((a & b).sum() / max(1, (a | b).sum()))
+
+    replaced = 0
+    for s in ds.samples:
+        q, lab = bank.get(s.sample_id), labels.get(s.sample_id)
+        best = max(cands.get(s.image_id), key=lambda c: iou(c > 0.5, q > 0.5))
+        if np.array_equal(q, lab):
+            assert iou(best > 0.5, q > 0.5) <= 0.5 or not bank.has_prior(s.sample_id)
+            continue
+        replaced += 1
+        assert iou(best > 0.5, q > 0.5) > 0.5 and np.abs(lab - best).max() <= 1 / 255 + 1e-6
+    assert 0 < replaced < len(ds.samples)
+    score = hidden_label_scorer(root, did, [s.sample_id for s in ds.samples])
+    assert score(labels)["mIoU"] > score(bank)["mIoU"] + 5  # a box is far from a mask; the matched object is not
+    built = (labels.path / "index.json").stat().st_mtime_ns
+    assert (matched_labels(bank, cands, ds, "iom").path / "index.json").stat().st_mtime_ns == built
 
 
 def test_registry_has_every_grid_method() -> None:

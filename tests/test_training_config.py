@@ -41,6 +41,7 @@ def test_overrides_are_typed_against_defaults() -> None:
         ("train.epochs=-1", ["must not be negative"]),
         ("model.image_size=100", ["multiple of 32"]),
         ("method.name=fixmatch", ["data.proposal=none"]),
+        ("data.label_init=sam", ["data.label_init", "iom"]),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, words: list[str]) -> None:

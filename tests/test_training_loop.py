@@ -253,3 +253,18 @@ def test_l2l_trains_and_evolves_on_a_bank_stored_below_the_model_side(root: Path
     rounds = [r for r in _records(run) if "method/evolve/round" in r]
     assert len(rounds) == 1
     assert list((run / "cache").glob("*/gaussian-s16/maps.u8"))  # the run's own copy, stored at 16 px
+
+
+def test_label_init_feeds_matched_labels_while_the_input_stays_the_proposal(root: Path, tmp_path: Path) -> None:
+    common = ("data.proposal=box", "data.label_init=iom", "train.unlabelled_batch_size=32", "data.ratio=0.3")
+    trainer = Trainer(_cfg(root, "method.name=prior_label", *common), tmp_path / "prior_label")
+    assert trainer.input_bank.path.name == "box-s32" and trainer.train_bank.path.name == "box-s32-labels-iom"
+    batch = next(trainer._unlabelled_stream(0))
+    for k, sid in enumerate(batch["sample_ids"]):
+        assert torch.allclose(batch["label_proposal"][k, 0], torch.from_numpy(trainer.train_bank.get(sid)), atol=1e-6) \
+            or bool(batch["flipped"][k])
+    assert not torch.equal(batch["label_proposal"], batch["proposal"])  # some boxes were replaced by their object
+    # an evolving method rewrites its own copy of the matched labels, in its run directory
+    evolving = Trainer(_cfg(root, *EVOLVE, *common), tmp_path / "l2l")
+    assert evolving.train_bank.path == tmp_path / "l2l" / "cache" / "shaperefs_unc_train" / "box-s32-labels-iom"
+    assert not evolving.train_bank.readonly and evolving.input_bank.path.name == "box-s32"

@@ -223,7 +223,7 @@ def render_gallery(trainer: Any, data_root: Path, path: Path, n: int = 6) -> tup
     import matplotlib.pyplot as plt
 
     from l2l.data.dataset import RESDataset
-    from l2l.methods.l2l import label_proposal
+    from l2l.methods.semi import label_proposal
     from l2l.methods.rple import ACTIONS
     from l2l.proposals.methods import make_proposal
     from l2l.training.batching import Collator, SeededItems, move_batch

@@ -41,7 +41,8 @@ from l2l.errors import ConfigError
 from l2l.methods.base import StepOutput
 from l2l.methods.rple import (ACTIONS, MIXTURE, REJECT, RPLE, BCESelector, action_labels, label_quality, mask_iou,
                               sample_state, with_reject)
-from l2l.methods.semi import TeacherStudentMethod, TeacherStudentOptions, check_unlabelled, has_proposal_weight, join_inputs, sigmoid_rampup
+from l2l.methods.semi import (TeacherStudentMethod, TeacherStudentOptions, check_unlabelled, has_proposal_weight,
+                              join_inputs, label_proposal, sigmoid_rampup)
 from l2l.methods.teacher import unwrap
 
 
@@ -111,12 +112,6 @@ def take_rows(batch: dict, rows: torch.Tensor) -> dict:
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def label_proposal(batch: dict) -> torch.Tensor:
-    """The evolving proposal that feeds labels: `label_proposal` when the trainer keeps an evolving bank beside the
-    network's input proposals, else the input proposal itself."""
-    return batch.get("label_proposal", batch["proposal"])
 
 
 @dataclass

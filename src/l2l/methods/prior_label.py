@@ -13,8 +13,8 @@ from torch import nn
 
 from l2l.methods.base import Method, StepOutput
 from l2l.methods.losses import ce_dice, pseudo_label_loss
-from l2l.methods.semi import (UnlabelledOptions, check_unlabelled, has_proposal_weight, join_inputs, labelled_loss, model_inputs,
-                              sigmoid_rampup, split_output)
+from l2l.methods.semi import (UnlabelledOptions, check_unlabelled, has_proposal_weight, join_inputs, label_proposal,
+                              labelled_loss, model_inputs, sigmoid_rampup, split_output)
 from l2l.methods.supervised import model_uses_sesm
 from l2l.methods.teacher import Views
 
@@ -46,7 +46,7 @@ class PriorLabelMethod(Method):
         loss, logs = labelled_loss(out_l, batch_l, self._loss, self.opts.lambda_g)
 
         logits_u = out_u["logits"]
-        target = batch_u["proposal"].to(logits_u.device).float()
+        target = label_proposal(batch_u).to(logits_u.device).float()
         weight = has_proposal_weight(batch_u, logits_u)
         lam = self.opts.lambda_u * sigmoid_rampup(step, self.opts.rampup * self.total_steps)
         loss_u = pseudo_label_loss(logits_u, target, weight, ce_weight=self.opts.ce_weight,

@@ -92,6 +92,12 @@ def binary_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(union))
 
 
+def label_proposal(batch: dict) -> torch.Tensor:
+    """The map that feeds pseudo-labels: `label_proposal` when the trainer keeps a label bank beside the network's
+    input proposals (`data.label_init`, or a self-evolving method's copy), else the input proposal itself."""
+    return batch.get("label_proposal", batch["proposal"])
+
+
 def has_proposal_weight(batch: dict, like: torch.Tensor) -> torch.Tensor:
     """Per-pixel weight 1 for samples that have a proposal, 0 for the others (shape of `like`)."""
     has = batch.get("has_proposal")

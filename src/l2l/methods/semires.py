@@ -31,42 +31,13 @@ import torch
 
 from l2l.errors import ConfigError
 from l2l.methods.base import StepOutput
-from l2l.methods.semi import TeacherStudentMethod, TeacherStudentOptions, check_unlabelled
+from l2l.methods.semi import TeacherStudentMethod, TeacherStudentOptions, check_unlabelled, label_proposal
+from l2l.proposals.candidates import match_candidates
 
 
 def pixel_adjustment_weight(p: torch.Tensor, offset: float = 1.3, mean: float = 0.5, std: float = 0.1) -> torch.Tensor:
     """`offset - exp(-(p - mean)^2 / (2 std^2))`: down-weight pixels the teacher is unsure about."""
     return offset - torch.exp(-((p - mean) ** 2) / (2.0 * std**2))
-
-
-def match_candidates(teacher_mask: torch.Tensor, candidates: torch.Tensor, valid: torch.Tensor, rule: str,
-                     iou_match: float = 0.5, overlap: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(target [B,1,S,S], matched bool[B])` from the teacher mask `[B,1,S,S]` and soft candidates `[B,K,S,S]`.
-
-    IOM: the best candidate by IoU, when above `iou_match`. CPI: the pixelwise max (union) of every candidate that
-    covers most of P or lies mostly inside it. Unmatched rows get a zero target (the caller replaces it)."""
-    b, k = candidates.shape[:2]
-    if k == 0:
-        return teacher_mask.new_zeros(teacher_mask.shape, dtype=torch.float32), torch.zeros(
-            b, dtype=torch.bool, device=teacher_mask.device)
-    pm = teacher_mask.flatten(1).bool()[:, None, :]  # [B, 1, N]
-    cm = (candidates > 0.5).flatten(2)  # [B, K, N]
-    inter = (cm & pm).sum(-1).float()
-    size_p = pm.sum(-1).float()  # [B, 1]
-    size_s = cm.sum(-1).float()
-    ok = valid.bool() & (size_s > 0) & (size_p > 0)
-    if rule == "iom":
-        iou = torch.where(ok, inter / (size_p + size_s - inter).clamp_min(1.0), torch.full_like(inter, -1.0))
-        best_iou, best = iou.max(1)
-        matched = best_iou > iou_match
-        target = candidates[torch.arange(b, device=candidates.device), best][:, None]
-    elif rule == "cpi":
-        sel = ok & ((inter / size_p.clamp_min(1.0) > overlap) | (inter / size_s.clamp_min(1.0) > overlap))
-        matched = sel.any(1)
-        target = torch.where(sel[:, :, None, None], candidates, torch.zeros_like(candidates)).amax(1, keepdim=True)
-    else:
-        raise ConfigError(f"method.match={rule!r}: expected 'iom' or 'cpi'")
-    return torch.where(matched.view(-1, 1, 1, 1), target.float(), torch.zeros_like(target, dtype=torch.float32)), matched
 
 
 @dataclass
@@ -157,4 +128,4 @@ class SemiRESMLLMMethod(SemiRESMethod):
     needs_candidates: ClassVar[bool] = False
 
     def candidates(self, batch_u: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch_u["proposal"], batch_u["has_proposal"].view(-1, 1)
+        return label_proposal(batch_u), batch_u["has_proposal"].view(-1, 1)

@@ -31,6 +31,7 @@ import yaml
 from l2l.errors import ConfigError
 from l2l.methods import get_method_class
 from l2l.model.config import ModelConfig
+from l2l.proposals.candidates import LABEL_INITS
 from l2l.utils.io import atomic_write_text
 
 @dataclass
@@ -71,6 +72,10 @@ class DataConfig:
     """Evaluate on the first N validation samples (0 = all)."""
     uninformative_confidence: bool = False
     """Robustness check: every prior's confidence set to 0.5 for training."""
+    label_init: str = "proposal"
+    """Where the pseudo-label bank starts: proposal (the MLLM's proposal) | iom | cpi (the proposal replaced by the
+    image's class-agnostic candidate mask it matches, SemiRES's rules; kept where none matches). The network's
+    input stays the proposal; methods that take labels from the bank (prior_label, semires_mllm, L2L) read these."""
 
 
 @dataclass
@@ -313,6 +318,9 @@ def _validate(cfg: dict[str, Any], source: str) -> None:
     method = get_method_class(cfg["method"]["name"])
     if method.needs_proposals and cfg["data"]["proposal"] == "none":
         raise ConfigError(f"{source}: method {method.name!r} needs proposals, but data.proposal=none (try gaussian)")
+    if cfg["data"]["label_init"] not in LABEL_INITS:
+        raise ConfigError(f"{source}: data.label_init={cfg['data']['label_init']!r}: expected one of "
+                          f"{', '.join(LABEL_INITS)}")
 
 
 def resolve_config(file_cfg: dict[str, Any] | None = None, overrides: list[str] | None = None, source: str = "config") -> dict[str, Any]:

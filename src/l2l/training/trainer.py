@@ -187,7 +187,7 @@ class Trainer:
             return
         if d.proposal == "none":
             raise ConfigError(f"method {self.method_cls.name!r} needs proposals but data.proposal=none")
-        from l2l.proposals import BankSpec, data_cache_dir
+        from l2l.proposals import BankSpec, ProposalBank, data_cache_dir
 
         shared = self._shared_cache()
         spec = BankSpec.from_data(d, self.model_config.image_size)
@@ -197,16 +197,25 @@ class Trainer:
         for rank_turn in (True, False):  # rank 0 computes first, the others then open the finished files
             if self.env.is_main == rank_turn:
                 self.train_bank, train_priors = spec.prepare(self.train_id, shared, **build)
-                # The network's input stays the MLLM's proposal (what it gets at test time); an evolving method
-                # rewrites its own copy, which feeds its candidate labels (`label_proposal` in the batch).
+                # The network's input stays the MLLM's proposal (what it gets at test time); the labels come from
+                # the label bank (`label_proposal` in the batch): the proposals themselves, or with
+                # `data.label_init` the proposals matched to class-agnostic candidates; an evolving method
+                # rewrites its own copy of it.
                 self.input_bank = self.train_bank
+                if d.label_init != "proposal":
+                    self.train_bank = self._matched_labels(self.train_bank, shared)
                 if evolves:
                     src, dst = data_cache_dir(shared, self.train_id), data_cache_dir(own, self.train_id)
                     if self.env.is_main and not dst.is_dir():
                         tmp = dst.with_name(f".{dst.name}.tmp")
                         shutil.copytree(src, tmp, dirs_exist_ok=True)
                         os.replace(tmp, dst)
-                    self.train_bank, train_priors = spec.prepare(self.train_id, own, **build)
+                    if d.label_init != "proposal":
+                        labels = self.train_bank
+                        self.train_bank = ProposalBank(dst / labels.path.name, labels.size, labels.method,
+                                                       read_size=labels.read_size)
+                    else:
+                        self.train_bank, train_priors = spec.prepare(self.train_id, own, **build)
                 self.val_bank, val_priors = spec.prepare(self.val_id, shared, **build)
                 self.priors = {**train_priors, **val_priors}
                 if d.uninformative_confidence:  # what RPLE may learn from the MLLM's confidence, removed
@@ -214,6 +223,16 @@ class Trainer:
                                    for k, v in self.priors.items()}
             if rank_turn:
                 self.env.barrier()
+
+    def _matched_labels(self, bank: Any, shared: Path) -> Any:
+        """The label bank `data.label_init` asks for, built once in the shared cache (see `matched_labels`)."""
+        from l2l.proposals.candidates import matched_labels, prepare_candidates
+
+        d = self.dcfg
+        candidates = self.candidates or prepare_candidates(
+            d.root, self.train_id, self.model_config.image_size, shared, sam_checkpoint=d.sam_checkpoint or None,
+            device=str(self.env.device), progress=self.env.is_main and sys.stderr.isatty())
+        return matched_labels(bank, candidates, RESDataset(d.root, self.train_id), d.label_init)
 
     def _shared_cache(self) -> Path:
         from l2l.proposals import shared_cache
