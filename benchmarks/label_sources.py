@@ -67,7 +67,7 @@ def label_sources(root: str, data: str, size: int, cache: Path, iou_match: float
             "matched_share": {k: v / len(ids) for k, v in matched.items()},
             "iom_better_share": float(np.mean([per["iom"][i] > per["proposal"][i] + 1e-9 for i in ids])),
             "iom_worse_share": float(np.mean([per["iom"][i] < per["proposal"][i] - 1e-9 for i in ids])),
-            "mIoU": {k: 100 * v["mIoU"] for k, v in out.items()}}
+            "mIoU": {k: round(v["mIoU"], 2) for k, v in out.items()}}
 
 
 def _per_sample(root: str, data_id: DataId, maps: dict[str, np.ndarray]) -> dict[str, float]:
