@@ -16,7 +16,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from l2l.data.dataset import DataId, RESDataset
