@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from l2l.experiments.figures import evolution_series, plot_evolution, plot_ratio
 from l2l.experiments.grid import _worker_overrides, aggregate, table_markdown
 from l2l.training.config import load_config
 from l2l.training.trainer import Trainer
+from l2l.utils.provenance import code_version
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -103,6 +105,10 @@ def test_bench_grid_resumes_and_writes_table(root: Path, tmp_path: Path) -> None
     assert not any(r["method"] == "prior_only" and r["mode"] == "prior_free" for r in results)
     table = (out / "table.md").read_text()
     assert "| 25% | supervised | prior_free | 2 |" in table
+    # each cell records the code it ran on, and the table counts cells per commit
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert {r["code"]["commit"] for r in results} == {head or None}
+    assert "Code: 4 cells" in table
     # a second call finds every cell finished and trains nothing
     final = out / "runs" / "supervised" / "r0.25" / "s0" / "final.json"
     stamp = final.stat().st_mtime_ns
@@ -209,3 +215,8 @@ def test_rple_plot_reads_the_policy_logs_of_every_run(tmp_path: Path) -> None:
                 for s in (10, 20)]
         (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n{torn")
     assert plot_rple(tmp_path, tmp_path / "rple.png") and (tmp_path / "rple.png").stat().st_size > 0
+
+
+def test_code_version_outside_a_checkout_names_no_commit(tmp_path: Path) -> None:
+    info = code_version(tmp_path)  # an installed package: no git checkout around it
+    assert info["commit"] is None and info["dirty"] is None and info["l2l"] and info["torch"]

@@ -30,6 +30,7 @@ from l2l.evaluation.metric import METRIC_KEYS
 from l2l.methods import METHODS, get_method_class
 from l2l.training.config import load_config
 from l2l.utils.io import atomic_write_json, atomic_write_text, make_dir
+from l2l.utils.provenance import code_version
 
 SCORE_KEYS = tuple(k for k in METRIC_KEYS if k != "n")  # the metrics a table reports (no count)
 # Derived from the registry: every method is a grid row, every ablation a row at the smallest ratio.
@@ -166,6 +167,7 @@ def run_one(
         nets["best"] = RESModel.from_pretrained(run_dir / "best")
     uses_sesm = bool(trainer.model_config.use_sesm)
     records: list[dict[str, Any]] = []
+    code = code_version()
     spec = BankSpec.from_data(trainer.dcfg, trainer.model_config.image_size)
     for split in eval_splits:
         data_id = DataId(dataset, split_by, split)
@@ -183,7 +185,7 @@ def run_one(
                 )
                 rec = {"method": method, "ratio": ratio, "seed": seed, "split": split, "mode": mode}
                 rec.update({k: float(metrics[k]) for k in SCORE_KEYS})
-                rec.update(n=int(metrics["n"]), train_s=round(train_s, 1), best_step=best_step)
+                rec.update(n=int(metrics["n"]), train_s=round(train_s, 1), best_step=best_step, code=code)
                 picks = [pick] if len(nets) > 1 else ["best", "last"]  # one network: both picks are it
                 records += [{**rec, "pick": p} for p in picks]
                 log(f"  {method:<14} ratio={ratio:<5g} seed={seed} {split:<6} {mode:<10} {'/'.join(picks):<9} "
@@ -244,10 +246,26 @@ def table_markdown(rows: list[dict[str, Any]], split: str = "test", pick: str = 
     return "\n".join(lines) + "\n"
 
 
+def provenance_line(records: list[dict[str, Any]]) -> str:
+    """How many cells each commit produced (a cell's records share one), so a mixed table says it is mixed."""
+    cells: dict[tuple, str] = {}
+    for r in records:
+        code = r.get("code") or {}
+        tag = (code.get("commit") or "unknown")[:10] if r.get("code") else "not recorded"
+        if code.get("dirty"):
+            tag += " (modified)"
+        cells[(r["method"], r["ratio"], r["seed"])] = tag
+    counts: dict[str, int] = {}
+    for tag in cells.values():
+        counts[tag] = counts.get(tag, 0) + 1
+    listed = ", ".join(f"{n} from {tag}" for tag, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"Code: {len(cells)} cells; commit per cell: {listed}."
+
+
 def write_outputs(out: Path, records: list[dict[str, Any]], command: str) -> list[dict[str, Any]]:
     rows = aggregate(records)
     atomic_write_json(out / "results.json", records)
-    parts = [f"# Benchmark results\n\nCommand: `{command}`\n"]
+    parts = [f"# Benchmark results\n\nCommand: `{command}`\n", provenance_line(records) + "\n"]
     for split in ("test", "val", "testA", "testB"):
         for pick in PICKS:
             if any(r["split"] == split and r.get("pick", "best") == pick for r in rows):
