@@ -108,7 +108,7 @@ def test_bench_grid_resumes_and_writes_table(root: Path, tmp_path: Path) -> None
     # each cell records the code it ran on, and the table counts cells per commit
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert {r["code"]["commit"] for r in results} == {head or None}
-    assert "Code: 4 cells" in table
+    assert f"Code: 4 cells: 4 from commit {head[:10]}" in table or not head
     # a second call finds every cell finished and trains nothing
     final = out / "runs" / "supervised" / "r0.25" / "s0" / "final.json"
     stamp = final.stat().st_mtime_ns

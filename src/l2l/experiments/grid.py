@@ -250,16 +250,19 @@ def provenance_line(records: list[dict[str, Any]]) -> str:
     """How many cells each commit produced (a cell's records share one), so a mixed table says it is mixed."""
     cells: dict[tuple, str] = {}
     for r in records:
-        code = r.get("code") or {}
-        tag = (code.get("commit") or "unknown")[:10] if r.get("code") else "not recorded"
-        if code.get("dirty"):
-            tag += " (modified)"
+        code = r.get("code")
+        if not code:
+            tag = "with no recorded commit (run before cells recorded one)"
+        elif not code.get("commit"):
+            tag = f"from an installed l2l {code.get('l2l')} (no git checkout)"
+        else:
+            tag = f"from commit {code['commit'][:10]}" + (" with modified src/" if code.get("dirty") else "")
         cells[(r["method"], r["ratio"], r["seed"])] = tag
     counts: dict[str, int] = {}
     for tag in cells.values():
         counts[tag] = counts.get(tag, 0) + 1
-    listed = ", ".join(f"{n} from {tag}" for tag, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    return f"Code: {len(cells)} cells; commit per cell: {listed}."
+    listed = "; ".join(f"{n} {tag}" for tag, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"Code: {len(cells)} cells: {listed}."
 
 
 def write_outputs(out: Path, records: list[dict[str, Any]], command: str) -> list[dict[str, Any]]:
