@@ -40,7 +40,10 @@ class StandInModel(nn.Module):
         refined = None
         if self.sesm_out is not None:
             refined = F.interpolate(self.sesm_out(x), size=(h, w), mode="bilinear", align_corners=False)
-        return {"logits": logits, "refined": refined}
+        # as RESModel: what the output changed of the proposal's logits, 0 for rows without one
+        use = q.new_ones(b) if has_proposal is None else has_proposal.float()
+        edit = None if proposal is None else (logits - torch.logit(q.clamp(1e-4, 1 - 1e-4))) * use.view(-1, 1, 1, 1)
+        return {"logits": logits, "refined": refined, "edit": edit}
 
 
 class GuardedBatch(dict):

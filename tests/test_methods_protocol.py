@@ -66,6 +66,26 @@ def test_a_sample_without_a_proposal_contributes_nothing_to_loss_u(name: str) ->
     assert _loss_unsup(name, other, 60) != pytest.approx(base, rel=1e-6, abs=1e-7)
 
 
+@pytest.mark.parametrize("name", ("supervised", *PSEUDO_LABEL_METHODS))
+def test_every_trained_method_prices_its_edits_on_every_row(name: str) -> None:
+    """`method.edit_l1` adds `edit_l1 * mean |edit|` over every row the student ran on, labelled and unlabelled."""
+    batch_l = make_batch(3, labelled=True, seed=1)
+    batch_u = make_batch(4, labelled=False, seed=2, prefix="u")
+    cfg = {"semires": {"burn_in": 0.0}, "semires_mllm": {"burn_in": 0.0}}.get(name, {})
+    outs = {}
+    for price in (0.0, 2.0):
+        torch.manual_seed(0)
+        method = build_method(name, StandInModel().eval(), {**cfg, "edit_l1": price}, 100)
+        outs[price] = method.train_step(batch_l, None if name == "supervised" else batch_u, 60)
+    edit = outs[2.0].logs["edit_abs"]
+    assert edit > 0.1 and edit == pytest.approx(outs[0.0].logs["edit_abs"])
+    assert float((outs[2.0].loss - outs[0.0].loss).detach()) == pytest.approx(2.0 * edit, rel=1e-4)
+    if name != "supervised":  # the unlabelled rows count: the mean is not the labelled rows' alone
+        torch.manual_seed(0)
+        alone = build_method("supervised", StandInModel().eval(), {"edit_l1": 2.0}, 100).train_step(batch_l, None, 60)
+        assert alone.logs["edit_abs"] != pytest.approx(edit)
+
+
 def _square(size: int, x1: int, y1: int, x2: int, y2: int) -> torch.Tensor:
     m = torch.zeros(size, size)
     m[y1:y2, x1:x2] = 1.0

@@ -71,8 +71,13 @@ def _cell_config(
     config: str | Path, root: str | Path, dataset: str, split_by: str, method: str, ratio: float, seed: int,
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The loaded config of one grid cell: the user's overrides, then the cell's data, seed and method."""
+    """The loaded config of one grid cell: the user's overrides, then the cell's data, seed and method. A method
+    that trains nothing (`prior_only`) has no training knobs, so `method.*` overrides it does not know are not
+    passed to it (the same command sets them for every trained method of the table)."""
     name = method_of(method)
+    cls = get_method_class(name)
+    if not cls.needs_training:
+        overrides = [o for o in overrides if not o.startswith("method.") or o.split("=", 1)[0][7:] in cls.defaults]
     return load_config(
         config,
         [

@@ -37,7 +37,7 @@ class FixMatchMethod(TeacherStudentMethod):
         keep = (torch.maximum(p, 1.0 - p) >= self.opts.threshold).float()
         loss_u = self.unsup_loss(out_u["logits"], p, keep, batch_u)
         lam = self.lambda_u(step)
-        loss = loss + lam * loss_u
+        loss = loss + lam * loss_u + self.edit([out_l, out_u], logs)
         logs.update({"loss_unsup": float(loss_u.detach()), "lambda_u": lam, "accept_rate": float(keep.mean()),
                      "loss": float(loss.detach())})
         return StepOutput(loss=loss, logs=logs)

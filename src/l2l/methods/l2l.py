@@ -269,6 +269,7 @@ class L2LMethod(TeacherStudentMethod):
             loss_guide_u = self.unsup_loss(refined_u, target_u, weight_u, batch_u)
             loss = loss + lambda_g * ramp * loss_guide_u
             logs["loss_guide_u"] = float(loss_guide_u.detach())
+        loss = loss + self.edit([out_l, out_u], logs)
         has = batch_u["has_proposal"].to(device).bool()
         for k, name in enumerate(ACTIONS):
             logs[f"rple/chose_{name}"] = float(((decisions == k) & has).float().sum() / has.float().sum().clamp_min(1))

@@ -82,3 +82,17 @@ def pseudo_label_loss(
     if not bool((weight > 0).any()):
         return logits.sum() * 0.0
     return ce_dice(logits, target.float(), weight, ce_weight=ce_weight, dice_weight=dice_weight)
+
+
+def edit_term(outs: list[dict], weight: float, logs: dict[str, float]) -> torch.Tensor:
+    """`weight * mean |edit|` over the pixels of every forward in `outs`: the L1 price of moving the output off
+    logit(q) (`out["edit"]`, 0 where a row had no proposal; see RESModel). Logs the mean edit as `edit_abs`.
+
+    L1, not L2: its gradient is the same however small the edit, so a pixel moves off the proposal only where the
+    segmentation loss pulls harder than `weight`; weak or inconsistent evidence leaves the proposal untouched."""
+    edits = [o["edit"] for o in outs if o.get("edit") is not None]
+    if not edits:
+        return torch.zeros((), device=outs[0]["logits"].device)
+    flat = torch.cat([e.flatten() for e in edits])
+    logs["edit_abs"] = float(flat.detach().abs().mean())
+    return weight * flat.abs().mean() if weight else flat.new_zeros(())

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from l2l.methods.base import Method, StepOutput
-from l2l.methods.losses import ce_dice, pseudo_label_loss
+from l2l.methods.losses import ce_dice, edit_term, pseudo_label_loss
 from l2l.methods.semi import (UnlabelledOptions, check_unlabelled, has_proposal_weight, join_inputs, label_proposal,
                               labelled_loss, model_inputs, sigmoid_rampup, split_output)
 from l2l.methods.supervised import model_uses_sesm
@@ -51,7 +51,7 @@ class PriorLabelMethod(Method):
         lam = self.opts.lambda_u * sigmoid_rampup(step, self.opts.rampup * self.total_steps)
         loss_u = pseudo_label_loss(logits_u, target, weight, ce_weight=self.opts.ce_weight,
                                    dice_weight=self.opts.pseudo_dice_weight)
-        loss = loss + lam * loss_u
+        loss = loss + lam * loss_u + edit_term([out_l, out_u], self.opts.edit_l1, logs)
         logs["loss_unsup"] = float(loss_u.detach())
         logs.update({"lambda_u": lam, "loss": float(loss.detach())})
         return StepOutput(loss=loss, logs=logs)

@@ -16,7 +16,7 @@ from torch import nn
 
 from l2l.errors import DataError
 from l2l.methods.base import Method
-from l2l.methods.losses import ce_dice, pseudo_label_loss
+from l2l.methods.losses import ce_dice, edit_term, pseudo_label_loss
 from l2l.methods.supervised import LossOptions, model_uses_sesm
 from l2l.methods.teacher import EMATeacher, Views
 
@@ -66,10 +66,10 @@ def join_inputs(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]
 
 
 def split_output(out: dict[str, Any], n_first: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a joined forward's `logits`/`refined` back into the two parts."""
+    """Split a joined forward's `logits`/`refined`/`edit` back into the two parts."""
     first: dict[str, Any] = {}
     second: dict[str, Any] = {}
-    for key in ("logits", "refined"):
+    for key in ("logits", "refined", "edit"):
         value = out.get(key)
         first[key] = None if value is None else value[:n_first]
         second[key] = None if value is None else value[n_first:]
@@ -193,6 +193,10 @@ class TeacherStudentMethod(Method):
         weight = weight.float() * has_proposal_weight(batch_u, logits)
         return pseudo_label_loss(logits, target, weight, ce_weight=self.opts.ce_weight,
                                  dice_weight=self.opts.pseudo_dice_weight)
+
+    def edit(self, outs: list[dict], logs: dict[str, float]) -> torch.Tensor:
+        """The shared L1 price of the student's edits of logit(q) over every row it ran on (`edit_l1`)."""
+        return edit_term(outs, self.opts.edit_l1, logs)
 
     def supervised(self, out_l: dict, batch_l: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """`L_sup + lambda_g * L_guide` on the labelled part, as in the supervised baseline."""

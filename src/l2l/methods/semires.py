@@ -85,6 +85,7 @@ class SemiRESMethod(TeacherStudentMethod):
     def _burn_in_step(self, batch_l: dict) -> StepOutput:
         out_l = self.model(**self.inputs(batch_l))
         loss, logs = self.supervised(out_l, batch_l)
+        loss = loss + self.edit([out_l], logs)
         logs.update({"loss": float(loss.detach()), "burn_in": 1.0})
         return StepOutput(loss=loss, logs=logs)
 
@@ -108,7 +109,7 @@ class SemiRESMethod(TeacherStudentMethod):
         weight = torch.where(m, torch.ones_like(p), pwa)
         loss_u = self.unsup_loss(out_u["logits"], target, weight, batch_u)
         lam = self.lambda_u(step - self.burn_steps)
-        loss = loss + lam * loss_u
+        loss = loss + lam * loss_u + self.edit([out_l, out_u], logs)
         logs.update({"loss_unsup": float(loss_u.detach()), "lambda_u": lam,
                      "matched_rate": float(matched.float().mean()), "loss": float(loss.detach())})
         return StepOutput(loss=loss, logs=logs)

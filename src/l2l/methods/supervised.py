@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from l2l.methods.base import Method, StepOutput
-from l2l.methods.losses import ce_dice
+from l2l.methods.losses import ce_dice, edit_term
 
 
 def forward_model(model: nn.Module, batch: dict, use_proposals: bool = True) -> dict[str, Any]:
@@ -41,6 +41,9 @@ class LossOptions:
     """Dice share of every CE+Dice term."""
     lambda_g: float = 0.5
     """Weight of L_guide on SESM's refined proposal (labelled part)."""
+    edit_l1: float = 0.0
+    """L1 weight on the network's edit of logit(q) (every sample given its proposal): a pixel is moved off the
+    proposal only where the loss gradient there outweighs it, so weak evidence leaves the proposal as it is."""
 
 
 class SupervisedMethod(Method):
@@ -68,5 +71,6 @@ class SupervisedMethod(Method):
                 loss_guide = ce_dice(refined, target, weight, ce_weight=ce_w, dice_weight=dice_w)
                 loss = loss + lambda_g * loss_guide
                 logs["loss_guide"] = float(loss_guide.detach())
+        loss = loss + edit_term([out], self.opts.edit_l1, logs)
         logs["loss"] = float(loss.detach())
         return StepOutput(loss=loss, logs=logs)

@@ -310,6 +310,7 @@ class RESModel(nn.Module):
                 fuse(i, v)
         feat, coarse, correction, gate = self.decoder(multimodal)
         logits = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+        prior = None
         if self.prior_out_scale is not None and use is not None and correction is not None:
             prior = self.prior_out_scale * prior_logits(q)
             correction = F.interpolate(correction, size=size, mode="bilinear", align_corners=False)
@@ -324,7 +325,9 @@ class RESModel(nn.Module):
         out_refined = None
         if refined:
             out_refined = F.interpolate(refined[0], size=size, mode="bilinear", align_corners=False)
-        return {"logits": logits, "refined": out_refined}
+        # what the network changed of logit(q) (0 where guidance was off): the penalty `edit_l1` reads it
+        edit = None if prior is None else torch.where(use > 0, logits - prior.to(logits.dtype), torch.zeros_like(logits))
+        return {"logits": logits, "refined": out_refined, "edit": edit}
 
     # ------------------------------------------------------------------------------------ processor / checkpoints
     def processor(self) -> Any:
