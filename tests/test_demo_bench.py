@@ -220,3 +220,16 @@ def test_rple_plot_reads_the_policy_logs_of_every_run(tmp_path: Path) -> None:
 def test_code_version_outside_a_checkout_names_no_commit(tmp_path: Path) -> None:
     info = code_version(tmp_path)  # an installed package: no git checkout around it
     assert info["commit"] is None and info["dirty"] is None and info["l2l"] and info["torch"]
+
+
+def test_grid_passes_method_overrides_to_trained_methods_only() -> None:
+    from l2l.errors import ConfigError
+    from l2l.experiments.grid import _cell_config
+
+    cell = {m: _cell_config(TINY, "data", "shaperefs", "unc", m, 0.01, 1, ["data.proposal=gaussian", "method.edit_l1=3.0"])
+            for m in ("prior_only", "supervised", "l2l_no_rple")}
+    assert "edit_l1" not in cell["prior_only"]["method"]  # it trains nothing, so the price means nothing there
+    assert cell["supervised"]["method"]["edit_l1"] == 3.0 and cell["l2l_no_rple"]["method"]["edit_l1"] == 3.0
+    assert cell["l2l_no_rple"]["method"]["fixed_threshold"] is not None  # the variant's own overrides still apply
+    with pytest.raises(ConfigError, match="edit_l2"):  # a typo is still refused where the method trains
+        _cell_config(TINY, "data", "shaperefs", "unc", "supervised", 0.01, 1, ["data.proposal=gaussian", "method.edit_l2=3.0"])
