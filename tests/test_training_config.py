@@ -53,7 +53,8 @@ def test_bad_overrides_name_the_key(override: str, words: list[str]) -> None:
 
 def test_method_defaults_are_filled_and_typed() -> None:
     cfg = resolve_config({"method": {"name": "supervised", "lambda_g": 1}}, ["method.dice_weight=0"])
-    assert cfg["method"] == {"name": "supervised", "lambda_g": 1.0, "dice_weight": 0.0, "ce_weight": 1.0}
+    assert cfg["method"] == {"name": "supervised", "lambda_g": 1.0, "dice_weight": 0.0, "ce_weight": 1.0,
+                             "edit_l1": 0.0}
     with pytest.raises(ConfigError, match="method.ce_weight"):
         resolve_config({}, ["method.ce_weight=abc"])
 
