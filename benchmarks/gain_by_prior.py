@@ -37,6 +37,9 @@ def gain_by_prior(grid: Path, ratio: str, splits: list[str], pick: str = "last")
     for method_dir in sorted(p for p in runs.iterdir() if p.is_dir() and p.name != "prior_only"):
         per_seed = []
         for cell in sorted(c for c in (method_dir / f"r{ratio}").glob("s*") if (c / "final.json").is_file()):
+            if not (cell / f"samples_{splits[0]}_prior_{pick}.jsonl").is_file() and \
+                    (cell / f"samples_{splits[0]}_prior_free_{pick}.jsonl").is_file():
+                continue  # a network scored prior-free only (l2l_no_sesm): no with-priors answer to split
             base = _records(runs / "prior_only" / f"r{ratio}" / cell.name, splits, "last")
             recs = _records(cell, splits, pick)
             if recs.keys() != base.keys():
